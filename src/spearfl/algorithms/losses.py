@@ -1,0 +1,66 @@
+"""SPEAR's loss terms on token log-probabilities (SPEC §3 step 9).
+
+All functions take per-token log-probabilities of the target tokens and a 0/1 mask of the tokens
+that count, both shaped ``[batch, tokens]``, so they can be checked by hand on small tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+_P_MAX = 1.0 - 1e-6
+"""Probabilities are clamped below 1 so that -log(1 - p) stays finite."""
+
+
+def target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Log-probability of each target token under ``logits`` ([B, T, V] and [B, T])."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    return logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def mle_loss(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean token cross-entropy over the masked (completion) tokens of the batch."""
+    mask = mask.to(logprobs.dtype)
+    count = mask.sum()
+    if count == 0:
+        return logprobs.new_zeros(())
+    return -(logprobs * mask).sum() / count
+
+
+def unlikelihood_loss(
+    logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    confidences: torch.Tensor,
+    margin: float,
+) -> torch.Tensor:
+    """Confidence-weighted unlikelihood ``-log(1 - p)`` on tokens the model still likes.
+
+    A token counts only where ``p > margin``; the sum is divided by the number of masked
+    positions in the batch (not just those above the margin), then multiplied by the batch's
+    mean confidence (1.0 for a loss whose prompt a revision fixed, 0.5 otherwise).
+    """
+    mask = mask.to(logprobs.dtype)
+    count = mask.sum()
+    if count == 0:
+        return logprobs.new_zeros(())
+    probs = logprobs.exp().clamp(max=_P_MAX)
+    active = (probs > margin).to(logprobs.dtype) * mask
+    penalty = -torch.log1p(-probs)
+    return (penalty * active).sum() / count * confidences.to(logprobs.dtype).mean()
+
+
+def anchor_loss(
+    params: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]
+) -> torch.Tensor:
+    """Mean squared distance of the adapter to the global adapter received this round."""
+    total = None
+    count = 0
+    for name, param in params.items():
+        diff = (param - reference[name].to(param.device, param.dtype)).pow(2).sum()
+        total = diff if total is None else total + diff
+        count += param.numel()
+    if total is None:
+        return torch.zeros(())
+    return total / count

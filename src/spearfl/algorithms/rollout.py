@@ -1,0 +1,166 @@
+"""SPEAR phase 1, the self-play rollout (SPEC §3 steps 1-6), shared with feedback-SFT.
+
+One sampled answer per prompt; wrong answers get up to ``num_revisions`` feedback-guided
+revisions; the outcome is committed as wins (maximum likelihood) and confidence-weighted
+losses (unlikelihood).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from spearfl.config import GenConfig
+from spearfl.feedback.base import FeedbackProvider
+from spearfl.models.generation import Completion
+from spearfl.models.policy import Policy
+from spearfl.tasks.base import Example, Task
+
+CONFIDENCE_FIXED = 1.0
+"""A loss whose prompt a revision fixed: the answer was surely the wrong one."""
+CONFIDENCE_UNFIXED = 0.5
+"""A loss never fixed: wrong, but with no better answer to contrast it with."""
+BARE_HINT = "That is not right."
+
+
+@dataclass(frozen=True)
+class Trace:
+    """A training pair: the *original* prompt and a completion the model produced."""
+
+    example: Example
+    prompt_ids: tuple[int, ...]
+    completion_ids: tuple[int, ...]
+    text: str
+    confidence: float = 1.0
+
+
+@dataclass
+class RolloutResult:
+    wins: list[Trace] = field(default_factory=list)
+    losses: list[Trace] = field(default_factory=list)
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def sample_prompts(examples: Sequence[Example], count: int, rng: random.Random) -> list[Example]:
+    """``count`` examples without replacement (all of them if there are fewer)."""
+    if count >= len(examples):
+        picked = list(examples)
+        rng.shuffle(picked)
+        return picked
+    return rng.sample(list(examples), count)
+
+
+@dataclass
+class Generator:
+    """Generation settings bound to a policy, counting every token generated."""
+
+    policy: Policy
+    gen: GenConfig
+    tokens: int = 0
+
+    def __call__(self, prompts: list[list[int]], max_new_tokens: int) -> list[Completion]:
+        if not prompts:
+            return []
+        outs = self.policy.generate(
+            prompts,
+            max_new_tokens=max_new_tokens,
+            do_sample=self.gen.do_sample,
+            temperature=self.gen.temperature,
+            top_p=self.gen.top_p,
+            batch_size=self.gen.rollout_batch_size,
+        )
+        self.tokens += sum(o.num_generated for o in outs)
+        return outs
+
+
+def self_play_rollout(
+    policy: Policy,
+    task: Task,
+    provider: FeedbackProvider,
+    examples: Sequence[Example],
+    gen: GenConfig,
+    *,
+    revise: bool = True,
+    hints: bool = True,
+) -> RolloutResult:
+    """Answer each prompt once, revise wrong answers with feedback, commit wins and losses.
+
+    ``revise=False`` is the no-feedback-provider setting: every wrong answer is a loss with
+    confidence 0.5. ``hints=False`` keeps the revisions but tells them only "wrong".
+    """
+    start = time.perf_counter()
+    generator = Generator(policy, gen)
+    prompts = [policy.encode(task.messages(ex), task.assistant_prefix(ex)) for ex in examples]
+    first = generator(prompts, gen.max_new_tokens_y0)
+    result = RolloutResult()
+    stats = {
+        "num_rollouts": len(examples), "y0_correct": 0, "y0_valid": 0,
+        "revisions_attempted": 0, "revisions_successful": 0,
+        "format_fixes_attempted": 0, "format_fixes_kept": 0,
+    }
+    wrong: list[int] = []
+    needs_fix: list[int] = []
+    for i, (ex, y0) in enumerate(zip(examples, first)):
+        stats["y0_valid"] += task.extract_answer(ex, y0.text) is not None
+        if provider.check(ex, y0.text):
+            stats["y0_correct"] += 1
+            if gen.format_fix and not task.is_well_formatted(ex, y0.text):
+                needs_fix.append(i)
+            else:
+                result.wins.append(Trace(ex, tuple(prompts[i]), y0.completion_ids, y0.text))
+        else:
+            wrong.append(i)
+
+    # Format-fix: one rewrite without feedback; the rewrite is kept only if still correct,
+    # otherwise the original (correct) answer stays the win. Never a loss.
+    if needs_fix:
+        fix_prompts = [policy.encode(task.format_fix_messages(examples[i], first[i].text)) for i in needs_fix]
+        fixes = generator(fix_prompts, gen.max_new_tokens_y0)
+        stats["format_fixes_attempted"] = len(needs_fix)
+        for i, fix in zip(needs_fix, fixes):
+            chosen = first[i]
+            if provider.check(examples[i], fix.text):
+                chosen = fix
+                stats["format_fixes_kept"] += 1
+            result.wins.append(Trace(examples[i], tuple(prompts[i]), chosen.completion_ids, chosen.text))
+
+    fixed: dict[int, Completion] = {}
+    if revise and gen.num_revisions > 0:
+        current = {i: first[i].text for i in wrong}
+        active = list(wrong)
+        for _ in range(gen.num_revisions):
+            if not active:
+                break
+            rev_prompts = []
+            for i in active:
+                ex = examples[i]
+                hint = provider.feedback(ex, current[i]).hint if hints else BARE_HINT
+                rev_prompts.append(policy.encode(task.revision_messages(ex, current[i], hint or BARE_HINT)))
+            outs = generator(rev_prompts, gen.max_new_tokens_y1)
+            stats["revisions_attempted"] += len(active)
+            still = []
+            for i, out in zip(active, outs):
+                if provider.check(examples[i], out.text):
+                    fixed[i] = out
+                    stats["revisions_successful"] += 1
+                else:
+                    current[i] = out.text
+                    still.append(i)
+            active = still
+
+    for i in wrong:
+        ex, y0 = examples[i], first[i]
+        if i in fixed:
+            rev = fixed[i]
+            # The revision is paired with the original prompt: learn to answer without feedback.
+            result.wins.append(Trace(ex, tuple(prompts[i]), rev.completion_ids, rev.text))
+            result.losses.append(Trace(ex, tuple(prompts[i]), y0.completion_ids, y0.text, CONFIDENCE_FIXED))
+        else:
+            result.losses.append(Trace(ex, tuple(prompts[i]), y0.completion_ids, y0.text, CONFIDENCE_UNFIXED))
+
+    stats["tokens_generated"] = generator.tokens
+    stats["rollout_seconds"] = time.perf_counter() - start
+    result.stats = stats
+    return result

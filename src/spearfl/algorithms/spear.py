@@ -1,0 +1,167 @@
+"""SPEAR's client update (SPEC §3): self-play rollout, then MLE on wins + unlikelihood on losses."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from spearfl.algorithms.base import ClientAlgorithm, ClientUpdateResult, RoundContext
+from spearfl.algorithms.losses import anchor_loss, target_logprobs, unlikelihood_loss
+from spearfl.algorithms.masks import MaskOptions, token_char_spans, unlikelihood_mask
+from spearfl.algorithms.rollout import RolloutResult, Trace, sample_prompts, self_play_rollout
+from spearfl.algorithms.scoring import align_flags, build_batch, completion_logits
+from spearfl.algorithms.training import ema_blend, round_lr, run_local_steps, sample_batch
+from spearfl.tasks.base import Example
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    win: float
+    lose: float
+    anchor: float
+    margin: float
+
+
+def cap_losses(losses: list[Trace], num_wins: int, ratio: float, rng: random.Random) -> list[Trace]:
+    """At most ``ratio * num_wins`` losses, chosen at random (SPEC §3 step 8)."""
+    cap = int(math.floor(ratio * num_wins))
+    if len(losses) <= cap:
+        return losses
+    return rng.sample(losses, cap)
+
+
+class SpearUpdate(ClientAlgorithm):
+    name = "spear"
+
+    def weights(self) -> LossWeights:
+        s = self.cfg.spear
+        return LossWeights(s.lambda_win, s.lambda_lose, s.lambda_anchor, s.unlikelihood_margin)
+
+    # ------------------------------------------------------------------ phase 1
+    def rollout(self, examples: Sequence[Example], ctx: RoundContext) -> RolloutResult:
+        chosen = sample_prompts(examples, self.cfg.fl.local_rollout_steps, ctx.rng("prompts"))
+        fb = self.cfg.feedback
+        return self_play_rollout(
+            self.policy, self.task, self.provider, chosen, self.cfg.gen,
+            revise=fb.provider != "none", hints=fb.hints,
+        )
+
+    # ------------------------------------------------------------------ phase 2
+    def loss_flags(self, trace: Trace) -> list[bool]:
+        s = self.cfg.spear
+        options = MaskOptions(
+            tail_tokens=s.ul_tail_tokens,
+            answer_only=s.ul_answer_only,
+            skip_math_ops=s.ul_skip_math_ops,
+            protect_marker=self.task.answer_marker is not None,
+        )
+        spans = token_char_spans(self.policy.tokenizer, trace.completion_ids)
+        text = self.policy.tokenizer.decode(list(trace.completion_ids), skip_special_tokens=True)
+        answer = self.task.answer_span(trace.example, text) if s.ul_answer_only else None
+        return unlikelihood_mask(trace.completion_ids, text, spans, answer, options)
+
+    def micro_step_fn(self, wins, losses, loss_flags, reference, rng, parts):
+        """One micro-step: ``batch_size`` wins and ``batch_size`` losses in one forward pass."""
+        policy, w = self.policy, self.weights()
+        bs = self.cfg.optim.batch_size
+        micro = self.cfg.optim.micro_batch_size or 2 * bs
+        params = policy.trainable()
+        eos = policy.eos_id
+
+        def step(scale: float) -> float:
+            win_idx = sample_batch(range(len(wins)), bs, rng) if w.win > 0 else []
+            loss_idx = sample_batch(range(len(losses)), bs, rng) if w.lose > 0 else []
+            rows = [(wins[i].prompt_ids, (*wins[i].completion_ids, eos)) for i in win_idx]
+            rows += [(losses[i].prompt_ids, losses[i].completion_ids) for i in loss_idx]
+            flags = [[True] * len(c) for _, c in rows[: len(win_idx)]]
+            flags += [loss_flags[i] for i in loss_idx]
+            is_win = [True] * len(win_idx) + [False] * len(loss_idx)
+            conf = torch.tensor([losses[i].confidence for i in loss_idx] or [0.0])
+            # Token counts of the whole micro-batch, so chunking for memory keeps the same maths.
+            n_win_tokens = sum(len(rows[j][1]) for j in range(len(win_idx)))
+            n_loss_tokens = sum(sum(f) for f in flags[len(win_idx):])
+            total = 0.0
+            win_sum = lose_sum = 0.0
+            for start in range(0, len(rows), micro):
+                chunk = slice(start, start + micro)
+                batch = build_batch(rows[chunk], policy.tokenizer.pad_token_id, policy.device)
+                mask = align_flags(flags[chunk], batch.targets.shape[1], policy.device)
+                logp = target_logprobs(completion_logits(policy.model, batch), batch.targets)
+                win_rows = torch.tensor(is_win[chunk], device=policy.device)
+                loss = logp.new_zeros(())
+                if win_rows.any() and n_win_tokens:
+                    lw = -(logp[win_rows] * mask[win_rows]).sum() / n_win_tokens
+                    loss = loss + w.win * lw
+                    win_sum += float(lw.detach())
+                if (~win_rows).any() and n_loss_tokens:
+                    # unlikelihood_loss averages over its own masked tokens: rescale to the
+                    # micro-batch's count, and weight by the micro-batch's mean confidence.
+                    lose_mask = mask[~win_rows]
+                    part = unlikelihood_loss(logp[~win_rows], lose_mask, conf, w.margin)
+                    ll = part * float(lose_mask.sum()) / n_loss_tokens
+                    loss = loss + w.lose * ll
+                    lose_sum += float(ll.detach())
+                if start == 0 and w.anchor > 0:
+                    la = anchor_loss(params, reference)
+                    loss = loss + w.anchor * la
+                (loss * scale).backward()
+                total += float(loss.detach())
+            parts["win"].append(win_sum)
+            parts["lose"].append(lose_sum)
+            return total
+
+        return step
+
+    def update(
+        self,
+        global_adapter: dict[str, torch.Tensor],
+        examples: Sequence[Example],
+        ctx: RoundContext,
+    ) -> ClientUpdateResult:
+        policy = self.policy
+        policy.set_adapter(global_adapter)
+        rollout = self.rollout(examples, ctx)
+        metrics = dict(rollout.stats)
+        n = max(1, metrics["num_rollouts"])
+        metrics["y0_accuracy"] = metrics["y0_correct"] / n
+        metrics["y0_valid_rate"] = metrics["y0_valid"] / n
+        metrics["losses_before_cap"] = len(rollout.losses)
+        lr = round_lr(self.cfg, ctx.round_num, ctx.total_rounds)
+        metrics["lr"] = lr
+        wins = rollout.wins
+        if not wins:
+            # Pure unlikelihood with nothing to reinforce degrades the model: skip training.
+            metrics.update(wins=0, losses=len(rollout.losses), train_seconds=0.0, steps=0,
+                           skipped_steps=0, trained=0)
+            return ClientUpdateResult(global_adapter, float(metrics["num_rollouts"]), metrics)
+
+        losses = cap_losses(rollout.losses, len(wins), self.cfg.spear.max_lose_ratio, ctx.rng("cap"))
+        start = time.perf_counter()
+        loss_flags = [self.loss_flags(t) for t in losses]
+        parts: dict[str, list[float]] = {"win": [], "lose": []}
+        step = self.micro_step_fn(wins, losses, loss_flags, global_adapter, ctx.rng("batches"), parts)
+        policy.model.train()
+        stats = run_local_steps(policy.trainable(), lr=lr, cfg=self.cfg, micro_step=step)
+        policy.model.eval()
+        adapter = ema_blend(policy.get_adapter(), global_adapter, self.cfg.spear.ema_decay)
+        metrics.update(
+            wins=len(wins),
+            losses=len(losses),
+            mean_loss=_mean(stats.losses),
+            mean_win_loss=_mean(parts["win"]),
+            mean_lose_loss=_mean(parts["lose"]),
+            steps=stats.steps,
+            skipped_steps=stats.skipped,
+            train_seconds=time.perf_counter() - start,
+            trained=1,
+        )
+        return ClientUpdateResult(adapter, float(max(1, len(wins))), metrics)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0

@@ -1,0 +1,78 @@
+"""Local optimisation pieces shared by every algorithm: fresh AdamW per round, clipped steps."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from spearfl.algorithms.schedule import lr_for_round
+from spearfl.config import Config
+
+
+def round_lr(cfg: Config, round_num: int, total_rounds: int) -> float:
+    o = cfg.optim
+    return lr_for_round(round_num, total_rounds, o.lr, o.lr_min, o.warmup_ratio, o.use_warmup)
+
+
+@dataclass
+class StepStats:
+    steps: int = 0
+    skipped: int = 0
+    last_grad_norm: float = 0.0
+    losses: list[float] = field(default_factory=list)
+
+
+def run_local_steps(
+    params: Mapping[str, torch.nn.Parameter],
+    *,
+    lr: float,
+    cfg: Config,
+    micro_step: Callable[[float], float],
+) -> StepStats:
+    """``local_train_steps`` optimiser steps of ``grad_accum_steps`` micro-steps each.
+
+    ``micro_step(scale)`` computes one micro-batch loss, back-propagates ``scale * loss`` and
+    returns the unscaled loss value. A fresh AdamW on the LoRA parameters (SPEC §2); gradients
+    clipped to ``max_grad_norm``; a step whose gradient norm is NaN/inf is skipped rather than
+    corrupting the adapter.
+    """
+    o = cfg.optim
+    trainable = list(params.values())
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=o.weight_decay)
+    stats = StepStats()
+    accum = o.grad_accum_steps
+    for _ in range(cfg.fl.local_train_steps):
+        optimizer.zero_grad(set_to_none=True)
+        for _ in range(accum):
+            stats.losses.append(micro_step(1.0 / accum))
+        norm = torch.nn.utils.clip_grad_norm_(trainable, o.max_grad_norm)
+        stats.last_grad_norm = float(norm)
+        if not math.isfinite(stats.last_grad_norm):
+            stats.skipped += 1
+            optimizer.zero_grad(set_to_none=True)
+            continue
+        optimizer.step()
+        stats.steps += 1
+    optimizer.zero_grad(set_to_none=True)
+    return stats
+
+
+def ema_blend(
+    local: Mapping[str, torch.Tensor], received: Mapping[str, torch.Tensor], decay: float
+) -> dict[str, torch.Tensor]:
+    """``decay * received + (1 - decay) * local``: keeps the update close to the global adapter."""
+    if decay <= 0:
+        return dict(local)
+    return {k: decay * received[k] + (1.0 - decay) * v for k, v in local.items()}
+
+
+def sample_batch(items: Sequence, size: int, rng) -> list:
+    """``size`` items: without replacement when there are enough, with replacement otherwise."""
+    if not items:
+        return []
+    if len(items) >= size:
+        return rng.sample(list(items), size)
+    return [rng.choice(items) for _ in range(size)]

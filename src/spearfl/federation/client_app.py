@@ -1,0 +1,62 @@
+"""The Flower ClientApp: one device's side of a round (Message API).
+
+A ``query`` message asks which client (data partition) this node is, so the server can sample
+clients by id reproducibly; a ``train`` message carries the global adapter, the round number and
+the run's configuration, and the reply carries the new adapter, ``n_eff`` and the metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch  # noqa: F401  (flwr converts ArrayRecords only when torch is already imported)
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from spearfl.config import config_from_json
+from spearfl.federation.worker import ClientWorker
+
+log = logging.getLogger(__name__)
+
+app = ClientApp()
+
+ADAPTER = "adapter"
+CONFIG = "config"
+METRICS = "metrics"
+
+
+def client_id_of(context: Context) -> int:
+    """The partition this node serves: ``partition-id`` from the node config."""
+    try:
+        return int(context.node_config["partition-id"])
+    except KeyError:
+        raise ValueError(
+            "this SuperNode has no 'partition-id' in its node config "
+            "(start it with --node-config \"partition-id=N num-partitions=M\")"
+        ) from None
+
+
+@app.query()
+def identify(msg: Message, context: Context) -> Message:
+    reply = ConfigRecord({"client_id": client_id_of(context)})
+    return Message(RecordDict({CONFIG: reply}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    started = time.perf_counter()
+    settings = msg.content[CONFIG]
+    cfg = config_from_json(str(settings["json"]))
+    round_num = int(settings["round"])
+    client_id = client_id_of(context)
+    worker = ClientWorker.for_client(cfg, client_id)
+    adapter = msg.content[ADAPTER].to_torch_state_dict()
+    result = worker.train(dict(adapter), round_num, client_id)
+    metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    metrics["n_eff"] = float(result.n_eff)
+    metrics["client_seconds"] = time.perf_counter() - started
+    metrics["client_id"] = float(client_id)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in result.adapter.items()}
+    content = RecordDict({ADAPTER: ArrayRecord(state), METRICS: MetricRecord(metrics)})
+    return Message(content, reply_to=msg)

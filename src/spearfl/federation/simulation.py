@@ -1,0 +1,38 @@
+"""Run the ServerApp and ClientApp on Flower's simulation engine, in one process tree."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from flwr.simulation import run_simulation
+
+from spearfl.config import Config
+from spearfl.federation.client_app import app as client_app
+from spearfl.federation.server_app import RoundObserver, build_server_app
+
+
+def simulate(cfg: Config, run_dir: Path, observer: RoundObserver | None = None) -> dict:
+    """Run every round; returns the run's summary. Client work runs in Ray actors."""
+    fl = cfg.fl
+    # Model conversion and caches are resolved before Ray starts so workers reuse them.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if cfg.hf.offline:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    result: dict = {}
+    server_app = build_server_app(cfg, run_dir, observer, result)
+    backend_config = {
+        "client_resources": {"num_cpus": fl.num_cpus_per_client, "num_gpus": fl.num_gpus_per_client},
+        "init_args": {"logging_level": logging.ERROR, "log_to_driver": True},
+    }
+    run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=cfg.data.num_clients,
+        backend_config=backend_config,
+    )
+    if not result:
+        raise RuntimeError(f"the simulation ended without finishing the run; see {run_dir}")
+    return result

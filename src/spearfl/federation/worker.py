@@ -1,0 +1,90 @@
+"""What a client process keeps between rounds: the base model, its task data and its algorithm.
+
+Loading a model costs seconds and hundreds of MB, so each process loads it once and keeps it for
+every round and every client it serves; a new round only swaps the adapter tensors in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from spearfl.algorithms.base import ClientAlgorithm, ClientUpdateResult, RoundContext
+from spearfl.algorithms.registry import build_algorithm
+from spearfl.config import Config
+from spearfl.federation.partition import dirichlet_partition
+from spearfl.models.policy import Policy
+from spearfl.tasks.base import Example, Task, TaskData
+from spearfl.tasks.registry import build_feedback, build_task
+
+log = logging.getLogger(__name__)
+
+
+def _key(cfg: Config, *sections: str) -> str:
+    data = cfg.to_dict()
+    return json.dumps({s: data[s] for s in sections}, sort_keys=True)
+
+
+_POLICIES: dict[str, Policy] = {}
+_DATA: dict[str, tuple[Task, TaskData, list[list[int]]]] = {}
+
+
+def shared_policy(cfg: Config) -> Policy:
+    """The process's policy for this model + LoRA configuration (loaded on first use)."""
+    key = _key(cfg, "model", "lora") + str(cfg.data.seed)
+    if key not in _POLICIES:
+        _POLICIES.clear()  # one base model per process
+        torch.manual_seed(cfg.data.seed)
+        _POLICIES[key] = Policy.from_config(cfg)
+    return _POLICIES[key]
+
+
+def client_partitions(cfg: Config, data: TaskData) -> list[list[int]]:
+    d = cfg.data
+    return dirichlet_partition(
+        [ex.label for ex in data.train],
+        num_clients=d.num_clients,
+        alpha=d.dirichlet_alpha,
+        seed=d.seed,
+        min_size=d.min_examples_per_client,
+        max_per_client=d.max_examples_per_client,
+        num_classes=d.dirichlet_num_classes,
+    )
+
+
+def shared_task_data(cfg: Config) -> tuple[Task, TaskData, list[list[int]]]:
+    """The task, its examples and the client partition (same on every process for a seed)."""
+    key = _key(cfg, "data", "feedback", "hf")
+    if key not in _DATA:
+        _DATA.clear()
+        task = build_task(cfg)
+        data = task.load()
+        _DATA[key] = (task, data, client_partitions(cfg, data))
+    return _DATA[key]
+
+
+@dataclass
+class ClientWorker:
+    cfg: Config
+    policy: Policy
+    task: Task
+    algorithm: ClientAlgorithm
+    examples: list[Example]
+
+    @classmethod
+    def for_client(cls, cfg: Config, client_id: int) -> ClientWorker:
+        if not 0 <= client_id < cfg.data.num_clients:
+            raise ValueError(f"client id {client_id} outside 0..{cfg.data.num_clients - 1}")
+        policy = shared_policy(cfg)
+        task, data, parts = shared_task_data(cfg)
+        provider = build_feedback(cfg, task)
+        algorithm = build_algorithm(cfg, policy, task, provider)
+        examples = [data.train[i] for i in parts[client_id]]
+        return cls(cfg, policy, task, algorithm, examples)
+
+    def train(self, adapter: dict[str, torch.Tensor], round_num: int, client_id: int) -> ClientUpdateResult:
+        ctx = RoundContext(round_num, self.cfg.fl.rounds, client_id, self.cfg.data.seed)
+        return self.algorithm.update(adapter, self.examples, ctx)

