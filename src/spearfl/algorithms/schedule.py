@@ -6,7 +6,8 @@ import math
 
 
 def warmup_rounds(total_rounds: int, warmup_ratio: float, use_warmup: bool) -> int:
-    return int(math.ceil(warmup_ratio * total_rounds)) if use_warmup else 0
+    # Rounded first: 0.07 * 100 is 7.000000000000001 in floating point, and means 7 rounds.
+    return int(math.ceil(round(warmup_ratio * total_rounds, 9))) if use_warmup else 0
 
 
 def lr_for_round(

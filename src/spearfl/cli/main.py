@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Libraries that log at DEBUG through the root handler (Flower) stay quiet below WARNING.
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

@@ -64,7 +64,7 @@ def option_loglik(model, state: PrefillState, options: Sequence[Sequence[Sequenc
     start = state.next_position.repeat_interleave(n_opt).unsqueeze(1)
     positions = start + torch.arange(width, device=device).unsqueeze(0)
     out = model(input_ids=opt_ids, attention_mask=attn, position_ids=positions,
-                past_key_values=cache, use_cache=False)
+                cache=cache, use_cache=False)
     logp = torch.log_softmax(out.logits.float(), -1)
     scores = []
     for q, opts in enumerate(options):

@@ -16,8 +16,12 @@ from spearfl.federation.server_app import RoundObserver, build_server_app
 def simulate(cfg: Config, run_dir: Path, observer: RoundObserver | None = None) -> dict:
     """Run every round; returns the run's summary. Client work runs in Ray actors."""
     fl = cfg.fl
-    # Model conversion and caches are resolved before Ray starts so workers reuse them.
+    # Set before Ray starts, so client workers inherit them: quiet workers, no hub access.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if cfg.hf.offline:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

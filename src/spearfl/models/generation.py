@@ -106,7 +106,7 @@ class PrefixRunner:
         if self.prefix_len:
             prefix = torch.tensor([list(prompts[0][: self.prefix_len])], device=self.device)
             out = model(input_ids=prefix, use_cache=True, logits_to_keep=1)
-            self.prefix_cache = out.past_key_values
+            self.prefix_cache = out.cache
 
     def prefill(self, prompts: Sequence[Sequence[int]]) -> PrefillState:
         p = self.prefix_len
@@ -119,8 +119,8 @@ class PrefixRunner:
             cache.batch_repeat_interleave(b)
             mask = torch.cat([torch.ones((b, p), dtype=mask.dtype, device=self.device), mask], 1)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return PrefillState(out.past_key_values, mask, positions[:, -1] + 1, out.logits[:, -1])
+                         cache=cache, use_cache=True, logits_to_keep=1)
+        return PrefillState(out.cache, mask, positions[:, -1] + 1, out.logits[:, -1])
 
 
 @torch.no_grad()
@@ -157,8 +157,8 @@ def decode(
             break
         mask = torch.cat([mask, (~done).long().unsqueeze(1)], dim=1)
         out = model(input_ids=nxt.unsqueeze(1), attention_mask=mask,
-                    position_ids=position.unsqueeze(1), past_key_values=cache, use_cache=True)
-        cache, logits = out.past_key_values, out.logits[:, -1]
+                    position_ids=position.unsqueeze(1), cache=cache, use_cache=True)
+        cache, logits = out.cache, out.logits[:, -1]
         position = position + 1
     return tokens, finished
 

@@ -54,6 +54,7 @@ class Policy:
             last_n_layers=lora.last_n_layers,
             seed=cfg.data.seed,
         )
+        peft_model.eval()  # dropout only inside a client's training steps
         return cls(
             model=peft_model,
             tokenizer=loaded.tokenizer,
