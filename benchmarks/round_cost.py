@@ -45,20 +45,33 @@ def main() -> None:
     for r in range(1, args.rounds + 1):
         for cid in select_clients(cfg.data.num_clients, cfg.fl.clients_per_round, cfg.data.seed, r):
             t = time.perf_counter()
-            result = algorithm.update(adapter, [data.train[i] for i in parts[cid]],
-                                      RoundContext(r, cfg.fl.rounds, cid, cfg.data.seed))
+            result = algorithm.update(
+                adapter,
+                [data.train[i] for i in parts[cid]],
+                RoundContext(r, cfg.fl.rounds, cid, cfg.data.seed),
+            )
             m = result.metrics
-            rows.append({
-                "round": r, "client": cid, "rollouts": int(m["num_rollouts"]),
-                "wins": int(m["wins"]), "losses": int(m["losses"]),
-                "tokens_generated": int(m["tokens_generated"]),
-                "rollout_s": round(m["rollout_seconds"], 2),
-                "train_s": round(m["train_seconds"], 2),
-                "client_s": round(time.perf_counter() - t, 2),
-            })
+            rows.append(
+                {
+                    "round": r,
+                    "client": cid,
+                    "rollouts": int(m["num_rollouts"]),
+                    "wins": int(m["wins"]),
+                    "losses": int(m["losses"]),
+                    "tokens_generated": int(m["tokens_generated"]),
+                    "rollout_s": round(m["rollout_seconds"], 2),
+                    "train_s": round(m["train_seconds"], 2),
+                    "client_s": round(time.perf_counter() - t, 2),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
-    evaluator = Evaluator(policy, task, data.eval, batch_size=cfg.gen.eval_batch_size,
-                          max_new_tokens=cfg.gen.eval_max_new_tokens or cfg.gen.max_new_tokens_y0)
+    evaluator = Evaluator(
+        policy,
+        task,
+        data.eval,
+        batch_size=cfg.gen.eval_batch_size,
+        max_new_tokens=cfg.gen.eval_max_new_tokens or cfg.gen.max_new_tokens_y0,
+    )
     t = time.perf_counter()
     result = evaluator.evaluate()
     eval_seconds = time.perf_counter() - t
@@ -75,7 +88,8 @@ def main() -> None:
         "eval_s": round(eval_seconds, 2),
         "eval_n": result["n"],
         "round_s_with_eval": round(
-            sum(r["client_s"] for r in rows) / args.rounds + eval_seconds, 2),
+            sum(r["client_s"] for r in rows) / args.rounds + eval_seconds, 2
+        ),
         "peak_rss_mb": round(peak_rss_mb(), 0),
     }
     print(json.dumps(summary, indent=2))

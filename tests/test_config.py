@@ -143,7 +143,13 @@ def test_defaults_are_the_paper_settings() -> None:
     assert cfg.model.dtype == "auto" and cfg.model.chat_template == "auto"
     assert cfg.lora.r == 16 and cfg.lora.alpha == 32.0 and isinstance(cfg.lora.alpha, float)
     assert cfg.lora.target_modules == [
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
     ]
     assert cfg.data.eval_fraction == 0.02 and cfg.data.num_clients == 50
     assert cfg.data.min_examples_per_client == 10 and cfg.data.num_eval_examples == 240
@@ -188,8 +194,14 @@ def test_empty_file_and_empty_section_give_defaults(tmp_path: Path) -> None:
 def test_overrides_change_typed_values(tmp_path: Path) -> None:
     cfg = load_config(
         _write(tmp_path, "optim:\n  lr: 1.0e-4\n"),
-        ["optim.lr=3e-4", "lora.target_modules=q_proj,v_proj", "fl.rounds=7",
-         "gen.do_sample=false", "model.tokenizer_name=null", "output_dir=2024"],
+        [
+            "optim.lr=3e-4",
+            "lora.target_modules=q_proj,v_proj",
+            "fl.rounds=7",
+            "gen.do_sample=false",
+            "model.tokenizer_name=null",
+            "output_dir=2024",
+        ],
     )
     assert cfg.optim.lr == 0.0003 and isinstance(cfg.optim.lr, float)
     assert cfg.lora.target_modules == ["q_proj", "v_proj"]
@@ -233,9 +245,7 @@ def test_wrong_types() -> None:
     assert "data.num_clients must be an integer, got True (bool)" in _error(
         ["data.num_clients=true"]
     )
-    assert "spear.lambda_win must be a number, got 'abc' (str)" in _error(
-        ["spear.lambda_win=abc"]
-    )
+    assert "spear.lambda_win must be a number, got 'abc' (str)" in _error(["spear.lambda_win=abc"])
     assert "gen.do_sample must be true or false, got 1 (int)" in _error(["gen.do_sample=1"])
     assert "fl.rounds must be an integer, got 2.5 (float)" in _error(["fl.rounds=2.5"])
     assert "lora.target_modules must be a list of strings" in _error(["lora.target_modules=[1]"])

@@ -233,8 +233,22 @@ def test_mask_protect_marker_off_keeps_marker_tokens():
 
 def test_mask_skip_math_ops():
     pieces = ["x", " =", " (", "2", "+", "3", ")", " \\frac", "{", "1", "}", "^", " $", " ten"]
-    expected = [True, False, False, True, False, True, False, False, False, True, False, False,
-                False, True]
+    expected = [
+        True,
+        False,
+        False,
+        True,
+        False,
+        True,
+        False,
+        False,
+        False,
+        True,
+        False,
+        False,
+        False,
+        True,
+    ]
     assert _mask(pieces, MaskOptions(skip_math_ops=True)) == expected
     assert _mask(pieces, MaskOptions()) == [True] * len(pieces)
 

@@ -26,32 +26,79 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def _client(wins: int, losses: int, y0: float, tokens: int, rollout: float, train: float) -> dict:
     return {
-        "wins": wins, "losses": losses, "y0_accuracy": y0, "tokens_generated": tokens,
-        "rollout_seconds": rollout, "train_seconds": train,
-        "revisions_attempted": losses, "revisions_successful": 1, "n_eff": wins,
+        "wins": wins,
+        "losses": losses,
+        "y0_accuracy": y0,
+        "tokens_generated": tokens,
+        "rollout_seconds": rollout,
+        "train_seconds": train,
+        "revisions_attempted": losses,
+        "revisions_successful": 1,
+        "n_eff": wins,
     }
 
 
 def _history() -> list[dict[str, Any]]:
     """Round 0: eval only; rounds 1-3 train two, two and one client; eval at rounds 2 and 3."""
     return [
-        {"round": 0, "lr": 0.0003, "seconds": 12.0, "clients": [], "client_metrics": {},
-         "eval": {"accuracy": 0.25, "n": 240, "method": "option_text",
-                  "option_accuracy": 0.3, "valid_rate": 0.75}},
-        {"round": 1, "lr": 0.0003, "seconds": 40.0, "clients": [4, 7],
-         "client_metrics": {"4": _client(9, 14, 0.25, 812, 20.0, 9.0),
-                            "7": _client(5, 18, 0.5, 700, 18.0, 8.0)},
-         "eval": None},
-        {"round": 2, "lr": 0.0003, "seconds": 45.0, "clients": [1, 4],
-         "client_metrics": {"1": _client(12, 11, 0.5, 900, 22.0, 10.0),
-                            "4": _client(10, 13, 0.25, 850, 19.0, 9.5)},
-         "eval": {"accuracy": 0.375, "n": 240, "method": "option_text",
-                  "option_accuracy": 0.5, "valid_rate": 0.875,
-                  "by_position": {"0": 0.25, "1": 0.5}, "by_category": {"fruit": 0.5}}},
-        {"round": 3, "lr": 0.0003, "seconds": 30.0, "clients": [7],
-         "client_metrics": {"7": _client(8, 15, 0.25, 760, 21.0, 8.5)},
-         "eval": {"accuracy": 0.3125, "n": 240, "method": "option_text",
-                  "option_accuracy": 0.4375, "valid_rate": 0.9375}},
+        {
+            "round": 0,
+            "lr": 0.0003,
+            "seconds": 12.0,
+            "clients": [],
+            "client_metrics": {},
+            "eval": {
+                "accuracy": 0.25,
+                "n": 240,
+                "method": "option_text",
+                "option_accuracy": 0.3,
+                "valid_rate": 0.75,
+            },
+        },
+        {
+            "round": 1,
+            "lr": 0.0003,
+            "seconds": 40.0,
+            "clients": [4, 7],
+            "client_metrics": {
+                "4": _client(9, 14, 0.25, 812, 20.0, 9.0),
+                "7": _client(5, 18, 0.5, 700, 18.0, 8.0),
+            },
+            "eval": None,
+        },
+        {
+            "round": 2,
+            "lr": 0.0003,
+            "seconds": 45.0,
+            "clients": [1, 4],
+            "client_metrics": {
+                "1": _client(12, 11, 0.5, 900, 22.0, 10.0),
+                "4": _client(10, 13, 0.25, 850, 19.0, 9.5),
+            },
+            "eval": {
+                "accuracy": 0.375,
+                "n": 240,
+                "method": "option_text",
+                "option_accuracy": 0.5,
+                "valid_rate": 0.875,
+                "by_position": {"0": 0.25, "1": 0.5},
+                "by_category": {"fruit": 0.5},
+            },
+        },
+        {
+            "round": 3,
+            "lr": 0.0003,
+            "seconds": 30.0,
+            "clients": [7],
+            "client_metrics": {"7": _client(8, 15, 0.25, 760, 21.0, 8.5)},
+            "eval": {
+                "accuracy": 0.3125,
+                "n": 240,
+                "method": "option_text",
+                "option_accuracy": 0.4375,
+                "valid_rate": 0.9375,
+            },
+        },
     ]
 
 
@@ -205,8 +252,16 @@ def test_plot_curves_before_any_training(tmp_path: Path) -> None:
 
 def test_format_round_row_eval_only_round() -> None:
     assert format_round_row(_history()[0]) == {
-        "round": "0", "clients": "-", "wins": "-", "losses": "-", "y0 acc": "-", "tokens": "-",
-        "rollout s": "-", "train s": "-", "eval acc": "0.250", "option acc": "0.300",
+        "round": "0",
+        "clients": "-",
+        "wins": "-",
+        "losses": "-",
+        "y0 acc": "-",
+        "tokens": "-",
+        "rollout s": "-",
+        "train s": "-",
+        "eval acc": "0.250",
+        "option acc": "0.300",
         "valid": "0.750",
     }
 
@@ -214,9 +269,17 @@ def test_format_round_row_eval_only_round() -> None:
 def test_format_round_row_training_rounds() -> None:
     history = _history()
     assert format_round_row(history[1]) == {
-        "round": "1", "clients": "4,7", "wins": "14", "losses": "32", "y0 acc": "0.375",
-        "tokens": "1,512", "rollout s": "38.0", "train s": "17.0", "eval acc": "-",
-        "option acc": "-", "valid": "-",
+        "round": "1",
+        "clients": "4,7",
+        "wins": "14",
+        "losses": "32",
+        "y0 acc": "0.375",
+        "tokens": "1,512",
+        "rollout s": "38.0",
+        "train s": "17.0",
+        "eval acc": "-",
+        "option acc": "-",
+        "valid": "-",
     }
     row = format_round_row(history[2])
     assert (row["clients"], row["wins"], row["losses"]) == ("1,4", "22", "24")
@@ -226,8 +289,12 @@ def test_format_round_row_training_rounds() -> None:
 
 
 def test_format_round_row_missing_client_keys() -> None:
-    entry = {"round": 5, "clients": [2], "client_metrics": {"2": {"wins": 3}},
-             "eval": {"accuracy": 0.5}}
+    entry = {
+        "round": 5,
+        "clients": [2],
+        "client_metrics": {"2": {"wins": 3}},
+        "eval": {"accuracy": 0.5},
+    }
     row = format_round_row(entry)
     assert row["wins"] == "3"
     assert row["losses"] == row["tokens"] == row["y0 acc"] == row["option acc"] == "-"

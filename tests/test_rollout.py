@@ -27,12 +27,15 @@ from spearfl.tasks.embedded import EmbeddedCategoryTask
 TASK = EmbeddedCategoryTask()
 ORACLE = OracleFeedback(TASK)
 
-EX_FIX = Example("fix", "Which of these is an animal?", ("car", "dog", "red", "apple"), "dog",
-                 "animal")
-EX_NEVER = Example("never", "Which of these is a fruit?", ("pear", "bus", "hand", "piano"), "pear",
-                   "fruit")
-EX_RIGHT = Example("right", "Which of these is a color?", ("blue", "drum", "saw", "nurse"), "blue",
-                   "color")
+EX_FIX = Example(
+    "fix", "Which of these is an animal?", ("car", "dog", "red", "apple"), "dog", "animal"
+)
+EX_NEVER = Example(
+    "never", "Which of these is a fruit?", ("pear", "bus", "hand", "piano"), "pear", "fruit"
+)
+EX_RIGHT = Example(
+    "right", "Which of these is a color?", ("blue", "drum", "saw", "nurse"), "blue", "color"
+)
 
 
 def _ids(text: str) -> tuple[int, ...]:
@@ -56,11 +59,19 @@ class ScriptedPolicy:
         text = "\n".join(f"<{m['role']}>{m['content']}" for m in messages) + assistant_prefix
         return list(_ids(text))
 
-    def generate(self, prompts, *, max_new_tokens, do_sample, temperature=1.0, top_p=1.0,
-                 batch_size=16):
-        self.calls.append({"n": len(prompts), "max_new_tokens": max_new_tokens,
-                           "do_sample": do_sample, "temperature": temperature, "top_p": top_p,
-                           "batch_size": batch_size})
+    def generate(
+        self, prompts, *, max_new_tokens, do_sample, temperature=1.0, top_p=1.0, batch_size=16
+    ):
+        self.calls.append(
+            {
+                "n": len(prompts),
+                "max_new_tokens": max_new_tokens,
+                "do_sample": do_sample,
+                "temperature": temperature,
+                "top_p": top_p,
+                "batch_size": batch_size,
+            }
+        )
         outs = []
         for ids in prompts:
             text = "".join(chr(i) for i in ids)
@@ -81,8 +92,14 @@ def _prompt(policy: ScriptedPolicy, ex: Example) -> tuple[int, ...]:
     return tuple(policy.encode(TASK.messages(ex)))
 
 
-GEN = GenConfig(max_new_tokens_y0=7, max_new_tokens_y1=9, num_revisions=2, temperature=0.8,
-                top_p=0.95, rollout_batch_size=4)
+GEN = GenConfig(
+    max_new_tokens_y0=7,
+    max_new_tokens_y1=9,
+    num_revisions=2,
+    temperature=0.8,
+    top_p=0.95,
+    rollout_batch_size=4,
+)
 
 
 def test_fixed_on_second_revision():
@@ -98,8 +115,10 @@ def test_fixed_on_second_revision():
     assert (s["num_rollouts"], s["y0_correct"], s["y0_valid"]) == (1, 0, 1)
     # three generate calls: y0, then one per revision, each with its own token limit
     assert [c["max_new_tokens"] for c in policy.calls] == [7, 9, 9]
-    assert all(c["temperature"] == 0.8 and c["top_p"] == 0.95 and c["batch_size"] == 4
-               for c in policy.calls)
+    assert all(
+        c["temperature"] == 0.8 and c["top_p"] == 0.95 and c["batch_size"] == 4
+        for c in policy.calls
+    )
     # the second revision sees the first revision as the previous attempt, with its hint
     second = policy.seen[2]
     assert "You answered: red\n" in second
@@ -134,11 +153,13 @@ def test_correct_at_once_is_a_win_without_revision():
 
 
 def test_mixed_batch_order_counts_and_tokens():
-    policy = ScriptedPolicy({
-        _options(EX_FIX): ["car", "red", "dog"],
-        _options(EX_NEVER): ["bus", "hand", ("nothing", False)],
-        _options(EX_RIGHT): ["blue"],
-    })
+    policy = ScriptedPolicy(
+        {
+            _options(EX_FIX): ["car", "red", "dog"],
+            _options(EX_NEVER): ["bus", "hand", ("nothing", False)],
+            _options(EX_RIGHT): ["blue"],
+        }
+    )
     result = self_play_rollout(policy, TASK, ORACLE, [EX_FIX, EX_NEVER, EX_RIGHT], GEN)
     p_fix, p_never, p_right = (_prompt(policy, e) for e in (EX_FIX, EX_NEVER, EX_RIGHT))
     assert result.wins == [
@@ -165,21 +186,28 @@ def test_invalid_answer_is_counted_and_revised():
     assert [(t.text, t.confidence) for t in result.losses] == [("a duck maybe", 1.0)]
     # a hint for an answer that is no option rules out one wrong option, never the gold one
     hint_line = policy.seen[1].split("\n")[-2]
-    assert re.fullmatch(r'That is not right\. It is not (car|red|apple)\. '
-                        r'The right option starts with "do"\.', hint_line)
+    assert re.fullmatch(
+        r"That is not right\. It is not (car|red|apple)\. "
+        r'The right option starts with "do"\.',
+        hint_line,
+    )
 
 
 def test_revise_false_makes_every_wrong_a_half_loss():
-    policy = ScriptedPolicy({
-        _options(EX_FIX): ["car", "dog"],
-        _options(EX_NEVER): ["bus"],
-        _options(EX_RIGHT): ["blue"],
-    })
-    result = self_play_rollout(policy, TASK, ORACLE, [EX_FIX, EX_NEVER, EX_RIGHT], GEN,
-                               revise=False)
+    policy = ScriptedPolicy(
+        {
+            _options(EX_FIX): ["car", "dog"],
+            _options(EX_NEVER): ["bus"],
+            _options(EX_RIGHT): ["blue"],
+        }
+    )
+    result = self_play_rollout(
+        policy, TASK, ORACLE, [EX_FIX, EX_NEVER, EX_RIGHT], GEN, revise=False
+    )
     assert [t.text for t in result.wins] == ["blue"]
     assert [(t.example.uid, t.text, t.confidence) for t in result.losses] == [
-        ("fix", "car", 0.5), ("never", "bus", 0.5)
+        ("fix", "car", 0.5),
+        ("never", "bus", 0.5),
     ]
     assert result.stats["revisions_attempted"] == 0
     assert len(policy.calls) == 1
@@ -201,8 +229,9 @@ def test_hints_false_uses_the_bare_hint():
     assert [t.text for t in result.wins] == ["dog"]
     revision = policy.seen[1]
     assert BARE_HINT == "That is not right."
-    expected = "".join(chr(i) for i in policy.encode(
-        TASK.revision_messages(EX_FIX, "car", "That is not right.")))
+    expected = "".join(
+        chr(i) for i in policy.encode(TASK.revision_messages(EX_FIX, "car", "That is not right."))
+    )
     assert revision == expected
     assert "You answered: car\nThat is not right.\nAnswer again with one option." in revision
     assert "starts with" not in revision and "It is not" not in revision
@@ -249,8 +278,7 @@ def test_cap_losses_is_a_reproducible_subset():
     assert first == again
     assert len({t.text for t in first}) == 4
     assert all(t in losses for t in first)
-    picks = {tuple(t.text for t in cap_losses(losses, 2, 2.0, random.Random(s)))
-             for s in range(10)}
+    picks = {tuple(t.text for t in cap_losses(losses, 2, 2.0, random.Random(s))) for s in range(10)}
     assert len(picks) > 1  # the seed matters: a random subsample, not the first ones
 
 

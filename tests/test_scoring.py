@@ -79,8 +79,9 @@ def test_build_batch_prefix_leaves_each_row_a_prompt_token():
 
 
 def test_build_batch_without_prefix_sharing_or_for_one_row():
-    plain = build_batch([([1, 2, 3, 4], [7]), ([1, 2, 3, 5, 6], [8, 9])], PAD, CPU,
-                        share_prefix=False)
+    plain = build_batch(
+        [([1, 2, 3, 4], [7]), ([1, 2, 3, 5, 6], [8, 9])], PAD, CPU, share_prefix=False
+    )
     assert plain.prefix_ids is None
     assert plain.input_ids.tolist() == [[0, 0, 1, 2, 3, 4, 7], [1, 2, 3, 5, 6, 8, 9]]
     assert plain.position_ids.tolist() == [[0, 0, 0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5, 6]]
@@ -112,9 +113,16 @@ def tiny_llama():
 
     torch.manual_seed(1234)
     config = LlamaConfig(
-        vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, intermediate_size=32, max_position_embeddings=64,
-        pad_token_id=PAD, bos_token_id=1, eos_token_id=2,
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        pad_token_id=PAD,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     model = LlamaForCausalLM(config).eval()
     return model
@@ -128,8 +136,10 @@ def _reference_logprobs(model, pairs, k):
             logits = model(input_ids=torch.tensor([prompt + completion])).logits[0]
         logp = torch.log_softmax(logits.float(), dim=-1)
         # token j sits at position len(prompt) + j; the logits one step earlier predict it
-        row = {k - len(completion) + j: float(logp[len(prompt) + j - 1, t])
-               for j, t in enumerate(completion)}
+        row = {
+            k - len(completion) + j: float(logp[len(prompt) + j - 1, t])
+            for j, t in enumerate(completion)
+        }
         rows.append(row)
     return rows
 

@@ -24,8 +24,13 @@ ORACLE = OracleFeedback(TASK)
 CPU = torch.device("cpu")
 
 EXAMPLES = [
-    Example(f"ex-{i}", "Which of these is an animal?", (f"cat{i}", "car", "red", "kiwi"),
-            f"cat{i}", "animal")
+    Example(
+        f"ex-{i}",
+        "Which of these is an animal?",
+        (f"cat{i}", "car", "red", "kiwi"),
+        f"cat{i}",
+        "animal",
+    )
     for i in range(6)
 ]
 
@@ -67,15 +72,23 @@ class AlwaysWrongPolicy:
     def encode(self, messages, assistant_prefix=""):
         return [ord(c) for c in messages[-1]["content"] + assistant_prefix]
 
-    def generate(self, prompts, *, max_new_tokens, do_sample, temperature=1.0, top_p=1.0,
-                 batch_size=16):
+    def generate(
+        self, prompts, *, max_new_tokens, do_sample, temperature=1.0, top_p=1.0, batch_size=16
+    ):
         self.generated[max_new_tokens] += len(prompts)
         return [Completion(tuple(p), (122, 122, 122), "zzz", True) for p in prompts]
 
 
 def test_no_wins_returns_the_received_adapter_unchanged():
-    cfg = load_config(None, ["fl.local_rollout_steps=4", "gen.num_revisions=1",
-                             "gen.max_new_tokens_y0=5", "gen.max_new_tokens_y1=6"])
+    cfg = load_config(
+        None,
+        [
+            "fl.local_rollout_steps=4",
+            "gen.num_revisions=1",
+            "gen.max_new_tokens_y0=5",
+            "gen.max_new_tokens_y1=6",
+        ],
+    )
     policy = AlwaysWrongPolicy()
     received = {"a": torch.tensor([1.0, -2.0]), "b": torch.zeros(2, 3)}
     snapshot = {k: v.clone() for k, v in received.items()}
@@ -102,7 +115,8 @@ def test_no_wins_returns_the_received_adapter_unchanged():
 def test_no_wins_with_fewer_examples_than_rollout_steps():
     cfg = load_config(None, ["fl.local_rollout_steps=80", "feedback.provider=none"])
     result = SpearUpdate(cfg, AlwaysWrongPolicy(), TASK, ORACLE).update(
-        {"a": torch.ones(1)}, EXAMPLES[:3], RoundContext(2, 5, 0, 1))
+        {"a": torch.ones(1)}, EXAMPLES[:3], RoundContext(2, 5, 0, 1)
+    )
     assert result.n_eff == 3.0
     assert result.metrics["revisions_attempted"] == 0
     assert result.metrics["losses"] == 3
@@ -127,8 +141,12 @@ def test_loss_flags_answer_only_marks_the_answer_characters():
 
 
 def test_loss_flags_fall_back_to_tail_and_default_to_all():
-    tail = SpearUpdate(load_config(None, ["spear.ul_answer_only=true", "spear.ul_tail_tokens=2"]),
-                       _FlagPolicy(), TASK, ORACLE)
+    tail = SpearUpdate(
+        load_config(None, ["spear.ul_answer_only=true", "spear.ul_tail_tokens=2"]),
+        _FlagPolicy(),
+        TASK,
+        ORACLE,
+    )
     # no option in the text: no answer span, so the last two tokens
     assert tail.loss_flags(_trace("hmm")) == [False, True, True]
     plain = SpearUpdate(load_config(None, []), _FlagPolicy(), TASK, ORACLE)
@@ -155,9 +173,17 @@ def tiny_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(99)
-    config = LlamaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=2, intermediate_size=32, pad_token_id=0,
-                         bos_token_id=2, eos_token_id=1)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=32,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=1,
+    )
     model = LlamaForCausalLM(config).eval()
     # a sharper output head: the model's favourite tokens get probabilities above 0.3
     with torch.no_grad():
@@ -180,7 +206,7 @@ def _continue(model, prompt, picks: str) -> tuple[int, ...]:
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([seq])).logits[0, -1]
         seq.append(int(logits.argmax() if pick == "g" else logits.argmin()))
-    return tuple(seq[len(prompt):])
+    return tuple(seq[len(prompt) :])
 
 
 WINS = [
@@ -239,9 +265,12 @@ def _step(model, losses, *overrides):
 
 
 def test_micro_step_unlikelihood_part(tiny_llama, losses):
-    flagged = [p for t, f in zip(losses, FLAGS, strict=True)
-               for p, flag in zip(_token_probs(tiny_llama, t.prompt_ids, t.completion_ids), f,
-                                  strict=True) if flag]
+    flagged = [
+        p
+        for t, f in zip(losses, FLAGS, strict=True)
+        for p, flag in zip(_token_probs(tiny_llama, t.prompt_ids, t.completion_ids), f, strict=True)
+        if flag
+    ]
     # two flagged tokens above the 0.3 margin, two below, none close to it
     assert sorted(p > 0.3 for p in flagged) == [False, False, True, True]
     assert all(abs(p - 0.3) > 0.05 for p in flagged)
@@ -260,11 +289,16 @@ def test_micro_step_win_part(tiny_llama, losses):
 
 
 def test_micro_step_full_loss_with_anchor(tiny_llama, losses):
-    value, parts, _ = _step(tiny_llama, losses, "spear.lambda_win=1.0", "spear.lambda_lose=0.4",
-                            "spear.lambda_anchor=2.0", "spear.unlikelihood_margin=0.5")
+    value, parts, _ = _step(
+        tiny_llama,
+        losses,
+        "spear.lambda_win=1.0",
+        "spear.lambda_lose=0.4",
+        "spear.lambda_anchor=2.0",
+        "spear.unlikelihood_margin=0.5",
+    )
     # every trainable element is 0.01 from the reference: mean squared distance 1e-4
-    expected = (_win_part(tiny_llama) + 0.4 * _lose_part(tiny_llama, losses, 0.5)
-                + 2.0 * 1e-4)
+    expected = _win_part(tiny_llama) + 0.4 * _lose_part(tiny_llama, losses, 0.5) + 2.0 * 1e-4
     assert value == pytest.approx(expected, rel=1e-5)
 
 

@@ -25,10 +25,25 @@ from typing import Any, ClassVar, Literal, Union
 import yaml
 
 __all__ = [
-    "AlgorithmConfig", "Config", "ConfigError", "DataConfig", "DistillConfig", "FLConfig",
-    "FeedbackConfig", "GRPOConfig", "GenConfig", "HFConfig", "LoraConfig", "ModelConfig",
-    "OptimConfig", "RLTFSDConfig", "SpearConfig", "config_from_dict", "config_from_json",
-    "load_config", "save_config",
+    "AlgorithmConfig",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "DistillConfig",
+    "FLConfig",
+    "FeedbackConfig",
+    "GRPOConfig",
+    "GenConfig",
+    "HFConfig",
+    "LoraConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RLTFSDConfig",
+    "SpearConfig",
+    "config_from_dict",
+    "config_from_json",
+    "load_config",
+    "save_config",
 ]
 
 
@@ -36,7 +51,10 @@ class ConfigError(ValueError):
     """A bad configuration value; ``key`` is the dotted key, ``source`` where it came from."""
 
     def __init__(
-        self, detail: str, key: str | None = None, source: str | None = None,
+        self,
+        detail: str,
+        key: str | None = None,
+        source: str | None = None,
         suggestion: str | None = None,
     ):
         self.detail, self.key, self.source, self.suggestion = detail, key, source, suggestion
@@ -103,9 +121,7 @@ class LoraConfig(_Section, section="lora"):
     dropout: float = _f(0.1, ge=0, lt=1)
     bias: Literal["none", "all", "lora_only"] = "none"
     last_n_layers: int | None = _f(None, ge=1)  # None: every decoder layer
-    target_modules: list[str] = field(
-        default_factory=_default_targets, metadata={"nonempty": True}
-    )
+    target_modules: list[str] = field(default_factory=_default_targets, metadata={"nonempty": True})
 
 
 @dataclass
@@ -300,10 +316,14 @@ class Config:
 
 
 _SECTIONS: dict[str, type[_Section]] = {
-    f.name: f.default_factory for f in fields(Config) if f.name != "output_dir"  # type: ignore[misc]
+    f.name: f.default_factory
+    for f in fields(Config)
+    if f.name != "output_dir"  # type: ignore[misc]
 }
 _ALL_KEYS = ["output_dir"] + [
-    f"{name}.{f.name}" for name, cls in _SECTIONS.items() for f in fields(cls)  # type: ignore[arg-type]
+    f"{name}.{f.name}"
+    for name, cls in _SECTIONS.items()
+    for f in fields(cls)  # type: ignore[arg-type]
 ]
 
 
@@ -369,8 +389,9 @@ def _check_rules(key: str, value: Any, rules: Mapping[str, Any]) -> None:
         left, right = "[" if "ge" in rules else "(", "]" if "le" in rules else ")"
         allowed = f"in {left}{low:g}, {high:g}{right}"
     else:
-        allowed = " and ".join(f"{sym} {rules[name]:g}" for name, sym in _SYMBOLS.items()
-                               if name in rules)
+        allowed = " and ".join(
+            f"{sym} {rules[name]:g}" for name, sym in _SYMBOLS.items() if name in rules
+        )
     raise ConfigError(f"{key} must be {allowed}, got {value!r}", key)
 
 
@@ -388,8 +409,9 @@ def _build(data: Any, source: str, origins: Mapping[str, str]) -> Config:
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        raise ConfigError(f"the top level must be a mapping of sections, got {_show(data)}",
-                          None, source)
+        raise ConfigError(
+            f"the top level must be a mapping of sections, got {_show(data)}", None, source
+        )
     kwargs: dict[str, Any] = {}
     for name, section in data.items():
         name = str(name)
@@ -403,8 +425,9 @@ def _build(data: Any, source: str, origins: Mapping[str, str]) -> Config:
         if section is None:  # 'spear:' with nothing under it
             section = {}
         if not isinstance(section, Mapping):
-            raise ConfigError(f"section '{name}' must be a mapping of keys, got {_show(section)}",
-                              name, where)
+            raise ConfigError(
+                f"section '{name}' must be a mapping of keys, got {_show(section)}", name, where
+            )
         known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         for key in section:
             if key not in known:
@@ -443,7 +466,9 @@ def _override_value(key: str, text: str) -> Any:
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"cannot parse value of {key}: {exc}", key, f"--set {key}={text}") from None
+        raise ConfigError(
+            f"cannot parse value of {key}: {exc}", key, f"--set {key}={text}"
+        ) from None
     section, _, name = key.rpartition(".")
     owner = _SECTIONS.get(section, Config) if section else Config
     hint = _hints(owner).get(name)
@@ -462,8 +487,9 @@ def _apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str
         key = key.strip()
         parts = key.split(".")
         if not sep or not all(parts) or len(parts) > 2 or (len(parts) == 1 and key != "output_dir"):
-            raise ConfigError(f"malformed override {item!r}: expected 'section.key=value'",
-                              key or None, "--set")
+            raise ConfigError(
+                f"malformed override {item!r}: expected 'section.key=value'", key or None, "--set"
+            )
         value = _override_value(key, text)
         origins[key] = f"--set {item}"
         if parts[0] not in data:  # an unknown section is then reported at this item
@@ -479,7 +505,9 @@ def _apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str
     return origins
 
 
-def load_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()) -> Config:
+def load_config(
+    path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()
+) -> Config:
     """Load a YAML config (None: all defaults), apply ``--set`` overrides, validate everything."""
     source = "<defaults>"
     raw: Any = {}
@@ -494,8 +522,9 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"the top level must be a mapping of sections, got {_show(raw)}",
-                          None, source)
+        raise ConfigError(
+            f"the top level must be a mapping of sections, got {_show(raw)}", None, source
+        )
     data = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
     origins = _apply_overrides(data, overrides)
     return _build(data, source, origins)

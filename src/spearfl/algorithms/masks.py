@@ -25,7 +25,9 @@ class MaskOptions:
     protect_marker: bool = False
 
 
-def token_char_spans(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> list[tuple[int, int]]:
+def token_char_spans(
+    tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]
+) -> list[tuple[int, int]]:
     """Character span of each token in ``tokenizer.decode(ids)``, by decoding growing prefixes."""
     spans = []
     previous = 0

@@ -96,9 +96,13 @@ def self_play_rollout(
     first = generator(prompts, gen.max_new_tokens_y0)
     result = RolloutResult()
     stats = {
-        "num_rollouts": len(examples), "y0_correct": 0, "y0_valid": 0,
-        "revisions_attempted": 0, "revisions_successful": 0,
-        "format_fixes_attempted": 0, "format_fixes_kept": 0,
+        "num_rollouts": len(examples),
+        "y0_correct": 0,
+        "y0_valid": 0,
+        "revisions_attempted": 0,
+        "revisions_successful": 0,
+        "format_fixes_attempted": 0,
+        "format_fixes_kept": 0,
     }
     wrong: list[int] = []
     needs_fix: list[int] = []
@@ -116,7 +120,9 @@ def self_play_rollout(
     # Format-fix: one rewrite without feedback; the rewrite is kept only if still correct,
     # otherwise the original (correct) answer stays the win. Never a loss.
     if needs_fix:
-        fix_prompts = [policy.encode(task.format_fix_messages(examples[i], first[i].text)) for i in needs_fix]
+        fix_prompts = [
+            policy.encode(task.format_fix_messages(examples[i], first[i].text)) for i in needs_fix
+        ]
         fixes = generator(fix_prompts, gen.max_new_tokens_y0)
         stats["format_fixes_attempted"] = len(needs_fix)
         for i, fix in zip(needs_fix, fixes):
@@ -124,7 +130,9 @@ def self_play_rollout(
             if provider.check(examples[i], fix.text):
                 chosen = fix
                 stats["format_fixes_kept"] += 1
-            result.wins.append(Trace(examples[i], tuple(prompts[i]), chosen.completion_ids, chosen.text))
+            result.wins.append(
+                Trace(examples[i], tuple(prompts[i]), chosen.completion_ids, chosen.text)
+            )
 
     fixed: dict[int, Completion] = {}
     if revise and gen.num_revisions > 0:
@@ -137,7 +145,9 @@ def self_play_rollout(
             for i in active:
                 ex = examples[i]
                 hint = provider.feedback(ex, current[i]).hint if hints else BARE_HINT
-                rev_prompts.append(policy.encode(task.revision_messages(ex, current[i], hint or BARE_HINT)))
+                rev_prompts.append(
+                    policy.encode(task.revision_messages(ex, current[i], hint or BARE_HINT))
+                )
             outs = generator(rev_prompts, gen.max_new_tokens_y1)
             stats["revisions_attempted"] += len(active)
             still = []
@@ -156,9 +166,13 @@ def self_play_rollout(
             rev = fixed[i]
             # The revision is paired with the original prompt: learn to answer without feedback.
             result.wins.append(Trace(ex, tuple(prompts[i]), rev.completion_ids, rev.text))
-            result.losses.append(Trace(ex, tuple(prompts[i]), y0.completion_ids, y0.text, CONFIDENCE_FIXED))
+            result.losses.append(
+                Trace(ex, tuple(prompts[i]), y0.completion_ids, y0.text, CONFIDENCE_FIXED)
+            )
         else:
-            result.losses.append(Trace(ex, tuple(prompts[i]), y0.completion_ids, y0.text, CONFIDENCE_UNFIXED))
+            result.losses.append(
+                Trace(ex, tuple(prompts[i]), y0.completion_ids, y0.text, CONFIDENCE_UNFIXED)
+            )
 
     stats["tokens_generated"] = generator.tokens
     stats["rollout_seconds"] = time.perf_counter() - start

@@ -48,7 +48,9 @@ def shared_prefix(pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> int:
 
 
 def build_batch(
-    pairs: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int, device: torch.device,
+    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+    pad_id: int,
+    device: torch.device,
     share_prefix: bool = True,
 ) -> TokenBatch:
     """Left-pad ``prompt + completion`` sequences and align completion targets at the right."""
@@ -64,11 +66,11 @@ def build_batch(
     tmask = torch.zeros((b, k), dtype=torch.float32)
     for row, (prompt, completion) in enumerate(pairs):
         seq = list(prompt) + list(completion)
-        ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-        attn[row, width - len(seq):] = 1
+        ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+        attn[row, width - len(seq) :] = 1
         if completion:
-            targets[row, k - len(completion):] = torch.tensor(list(completion), dtype=torch.long)
-            tmask[row, k - len(completion):] = 1.0
+            targets[row, k - len(completion) :] = torch.tensor(list(completion), dtype=torch.long)
+            tmask[row, k - len(completion) :] = 1.0
     positions = n_prefix + (attn.cumsum(-1) - 1).clamp(min=0)
     return TokenBatch(
         input_ids=ids.to(device),
@@ -85,7 +87,7 @@ def align_flags(flags: Sequence[Sequence[bool]], k: int, device: torch.device) -
     out = torch.zeros((len(flags), k), dtype=torch.float32)
     for row, row_flags in enumerate(flags):
         if row_flags:
-            out[row, k - len(row_flags):] = torch.tensor([float(f) for f in row_flags])
+            out[row, k - len(row_flags) :] = torch.tensor([float(f) for f in row_flags])
     return out.to(device)
 
 

@@ -47,8 +47,13 @@ class SpearUpdate(ClientAlgorithm):
         chosen = sample_prompts(examples, self.cfg.fl.local_rollout_steps, ctx.rng("prompts"))
         fb = self.cfg.feedback
         return self_play_rollout(
-            self.policy, self.task, self.provider, chosen, self.cfg.gen,
-            revise=fb.provider != "none", hints=fb.hints,
+            self.policy,
+            self.task,
+            self.provider,
+            chosen,
+            self.cfg.gen,
+            revise=fb.provider != "none",
+            hints=fb.hints,
         )
 
     # ------------------------------------------------------------------ phase 2
@@ -84,7 +89,7 @@ class SpearUpdate(ClientAlgorithm):
             conf = torch.tensor([losses[i].confidence for i in loss_idx] or [0.0])
             # Token counts of the whole micro-batch, so chunking for memory keeps the same maths.
             n_win_tokens = sum(len(rows[j][1]) for j in range(len(win_idx)))
-            n_loss_tokens = sum(sum(f) for f in flags[len(win_idx):])
+            n_loss_tokens = sum(sum(f) for f in flags[len(win_idx) :])
             total = 0.0
             win_sum = lose_sum = 0.0
             for start in range(0, len(rows), micro):
@@ -136,15 +141,25 @@ class SpearUpdate(ClientAlgorithm):
         wins = rollout.wins
         if not wins:
             # Pure unlikelihood with nothing to reinforce degrades the model: skip training.
-            metrics.update(wins=0, losses=len(rollout.losses), train_seconds=0.0, steps=0,
-                           skipped_steps=0, trained=0)
+            metrics.update(
+                wins=0,
+                losses=len(rollout.losses),
+                train_seconds=0.0,
+                steps=0,
+                skipped_steps=0,
+                trained=0,
+            )
             return ClientUpdateResult(global_adapter, float(metrics["num_rollouts"]), metrics)
 
-        losses = cap_losses(rollout.losses, len(wins), self.cfg.spear.max_lose_ratio, ctx.rng("cap"))
+        losses = cap_losses(
+            rollout.losses, len(wins), self.cfg.spear.max_lose_ratio, ctx.rng("cap")
+        )
         start = time.perf_counter()
         loss_flags = [self.loss_flags(t) for t in losses]
         parts: dict[str, list[float]] = {"win": [], "lose": []}
-        step = self.micro_step_fn(wins, losses, loss_flags, global_adapter, ctx.rng("batches"), parts)
+        step = self.micro_step_fn(
+            wins, losses, loss_flags, global_adapter, ctx.rng("batches"), parts
+        )
         policy.model.train()
         stats = run_local_steps(policy.trainable(), lr=lr, cfg=self.cfg, micro_step=step)
         policy.model.eval()

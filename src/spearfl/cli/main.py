@@ -31,8 +31,10 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     run_dir = Path(cfg.output_dir)
     if (run_dir / "history.jsonl").exists() and not args.overwrite:
-        print(f"spearfl: {run_dir} already holds a run; pass --overwrite or another "
-              "--output-dir", file=sys.stderr)
+        print(
+            f"spearfl: {run_dir} already holds a run; pass --overwrite or another --output-dir",
+            file=sys.stderr,
+        )
         return 2
     if args.overwrite and (run_dir / "history.jsonl").exists():
         (run_dir / "history.jsonl").unlink()
@@ -57,8 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a federated experiment (default: the embedded demo)")
     run.add_argument("config", nargs="?", help="YAML config (default: the embedded demo)")
-    run.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
-                     help="override a config value (repeatable)")
+    run.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value (repeatable)",
+    )
     run.add_argument("--output-dir", help="run directory (overrides output_dir)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run's history")
     run.set_defaults(func=_run)

@@ -15,8 +15,12 @@ class RichObserver(RoundObserver):
     def __init__(self, total_rounds: int, console: Console | None = None) -> None:
         self.console = console or Console()
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), console=self.console, transient=False,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
         )
         self.rounds = self.progress.add_task("rounds", total=total_rounds)
         self.clients = self.progress.add_task("clients", total=1, visible=False)
@@ -31,17 +35,22 @@ class RichObserver(RoundObserver):
 
     def round_started(self, round_num: int, clients: list[int]) -> None:
         self.wins = self.losses = 0
-        self.progress.reset(self.clients, total=len(clients), visible=True,
-                            description=f"round {round_num} clients {clients}")
+        self.progress.reset(
+            self.clients,
+            total=len(clients),
+            visible=True,
+            description=f"round {round_num} clients {clients}",
+        )
 
     def client_done(self, round_num: int, client_id: int, metrics: dict[str, float]) -> None:
         self.wins += int(metrics.get("wins", 0))
         self.losses += int(metrics.get("losses", 0))
         self.progress.update(
-            self.clients, advance=1,
+            self.clients,
+            advance=1,
             description=f"round {round_num}: client {client_id} done, "
-                        f"wins {self.wins} losses {self.losses}, "
-                        f"y0 acc {metrics.get('y0_accuracy', 0):.2f}",
+            f"wins {self.wins} losses {self.losses}, "
+            f"y0 acc {metrics.get('y0_accuracy', 0):.2f}",
         )
 
     def evaluating(self, round_num: int) -> None:

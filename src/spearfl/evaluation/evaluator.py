@@ -41,8 +41,9 @@ def _breakdown(examples: Sequence[Example], hits: Sequence[bool], key) -> dict[s
 
 
 @torch.no_grad()
-def option_loglik(model, state: PrefillState, options: Sequence[Sequence[Sequence[int]]],
-                  pad_id: int) -> list[list[float]]:
+def option_loglik(
+    model, state: PrefillState, options: Sequence[Sequence[Sequence[int]]], pad_id: int
+) -> list[list[float]]:
     """Sum of log-probabilities of each option's tokens, continuing a prompt prefill.
 
     The prompt's cache is copied once per option, so the prompt itself is never re-run.
@@ -63,8 +64,9 @@ def option_loglik(model, state: PrefillState, options: Sequence[Sequence[Sequenc
     attn = torch.cat([state.attention_mask.repeat_interleave(n_opt, 0), opt_mask], dim=1)
     start = state.next_position.repeat_interleave(n_opt).unsqueeze(1)
     positions = start + torch.arange(width, device=device).unsqueeze(0)
-    out = model(input_ids=opt_ids, attention_mask=attn, position_ids=positions,
-                cache=cache, use_cache=False)
+    out = model(
+        input_ids=opt_ids, attention_mask=attn, position_ids=positions, cache=cache, use_cache=False
+    )
     logp = torch.log_softmax(out.logits.float(), -1)
     scores = []
     for q, opts in enumerate(options):
@@ -82,12 +84,20 @@ def option_loglik(model, state: PrefillState, options: Sequence[Sequence[Sequenc
 class Evaluator:
     """Scores the policy's current adapter on a fixed list of eval examples."""
 
-    def __init__(self, policy: Policy, task: Task, examples: Sequence[Example], *,
-                 batch_size: int, max_new_tokens: int) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        task: Task,
+        examples: Sequence[Example],
+        *,
+        batch_size: int,
+        max_new_tokens: int,
+    ) -> None:
         self.policy, self.task, self.examples = policy, task, list(examples)
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
-        self.prompts = [policy.encode(task.messages(e), task.assistant_prefix(e))
-                        for e in self.examples]
+        self.prompts = [
+            policy.encode(task.messages(e), task.assistant_prefix(e)) for e in self.examples
+        ]
 
     def _encode_continuation(self, text: str) -> list[int]:
         return list(self.policy.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -122,14 +132,20 @@ class Evaluator:
         scores: list[list[float]] = [[] for _ in self.examples]
         order = sorted(range(len(self.prompts)), key=lambda i: len(self.prompts[i]))
         for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
+            chunk = order[start : start + self.batch_size]
             state = runner.prefill([self.prompts[i] for i in chunk])
             if scorer is not None:
                 for i, row in zip(chunk, scorer(chunk, state)):
                     scores[i] = row
             if greedy:
-                new, _ = decode(model, state, max_new_tokens=self.max_new_tokens, stop_ids=stop,
-                                pad_id=pad, pick=lambda lg: sample_next(lg, False, 1.0, 1.0))
+                new, _ = decode(
+                    model,
+                    state,
+                    max_new_tokens=self.max_new_tokens,
+                    stop_ids=stop,
+                    pad_id=pad,
+                    pick=lambda lg: sample_next(lg, False, 1.0, 1.0),
+                )
                 for i, ids in zip(chunk, new):
                     texts[i] = tok.decode(ids, skip_special_tokens=True)
         return texts, scores
@@ -140,8 +156,13 @@ class Evaluator:
 
     def _letters(self) -> dict:
         leading = "" if self.policy.formatter.use_chat_template else " "
-        letter_ids = [[self._encode_continuation(leading + letter)[0]
-                       for letter in LETTERS[: len(ex.options)]] for ex in self.examples]
+        letter_ids = [
+            [
+                self._encode_continuation(leading + letter)[0]
+                for letter in LETTERS[: len(ex.options)]
+            ]
+            for ex in self.examples
+        ]
 
         def score(chunk, state):
             logp = torch.log_softmax(state.logits.float(), -1)
@@ -165,8 +186,9 @@ class Evaluator:
     def _option_text(self) -> dict:
         eos = self.policy.eos_id
         pad = self.policy.tokenizer.pad_token_id
-        options = [[[*self._encode_continuation(o), eos] for o in ex.options]
-                   for ex in self.examples]
+        options = [
+            [[*self._encode_continuation(o), eos] for o in ex.options] for ex in self.examples
+        ]
 
         def score(chunk, state):
             return option_loglik(self.policy.model, state, [options[i] for i in chunk], pad)

@@ -33,7 +33,7 @@ def client_id_of(context: Context) -> int:
     except KeyError:
         raise ValueError(
             "this SuperNode has no 'partition-id' in its node config "
-            "(start it with --node-config \"partition-id=N num-partitions=M\")"
+            '(start it with --node-config "partition-id=N num-partitions=M")'
         ) from None
 
 

@@ -74,14 +74,19 @@ class FederatedServer:
         self.policy = shared_policy(self.cfg)
         self.task, data, self.parts = shared_task_data(self.cfg)
         self.evaluator = Evaluator(
-            self.policy, self.task, data.eval,
+            self.policy,
+            self.task,
+            data.eval,
             batch_size=self.cfg.gen.eval_batch_size,
             max_new_tokens=self.cfg.gen.eval_max_new_tokens or self.cfg.gen.max_new_tokens_y0,
         )
         self.labels = [ex.label for ex in data.train]
         fl = self.cfg.fl
         self.optimizer = ServerOptimizer(
-            fl.aggregation, lr=fl.server_lr, beta1=fl.server_beta1, beta2=fl.server_beta2,
+            fl.aggregation,
+            lr=fl.server_lr,
+            beta1=fl.server_beta1,
+            beta2=fl.server_beta2,
             tau=fl.server_tau,
         )
         self.global_adapter = self.policy.get_adapter()
@@ -101,7 +106,9 @@ class FederatedServer:
         self.global_adapter = self.optimizer.step(self.global_adapter, averaged)
 
     # -------------------------------------------------------------------- run
-    def run(self, train_round: Callable[[int, list[int], dict[str, torch.Tensor]], list[Reply]]) -> dict:
+    def run(
+        self, train_round: Callable[[int, list[int], dict[str, torch.Tensor]], list[Reply]]
+    ) -> dict:
         """All rounds; ``train_round`` delivers the selected clients' replies."""
         started = time.perf_counter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -117,8 +124,9 @@ class FederatedServer:
         fl = self.cfg.fl
         for r in range(1, fl.rounds + 1):
             t0 = time.perf_counter()
-            clients = select_clients(self.cfg.data.num_clients, fl.clients_per_round,
-                                     self.cfg.data.seed, r)
+            clients = select_clients(
+                self.cfg.data.num_clients, fl.clients_per_round, self.cfg.data.seed, r
+            )
             self.observer.round_started(r, clients)
             replies = train_round(r, clients, self.global_adapter)
             self.aggregate(replies)
@@ -157,8 +165,10 @@ def map_clients(grid: Grid, expected: int, timeout: float = 600.0) -> dict[int, 
         node_ids = list(grid.get_node_ids())
         unknown = [n for n in node_ids if n not in mapping.values()]
         if unknown:
-            messages = [Message(RecordDict({}), dst_node_id=n, message_type=MessageType.QUERY)
-                        for n in unknown]
+            messages = [
+                Message(RecordDict({}), dst_node_id=n, message_type=MessageType.QUERY)
+                for n in unknown
+            ]
             for reply in grid.send_and_receive(messages, timeout=60):
                 if reply.has_error():
                     continue
@@ -175,13 +185,17 @@ def grid_round_runner(grid: Grid, cfg: Config, observer: RoundObserver):
     mapping = map_clients(grid, cfg.data.num_clients)
     cfg_json = cfg.to_json()
 
-    def train_round(round_num: int, clients: list[int], adapter: dict[str, torch.Tensor]) -> list[Reply]:
+    def train_round(
+        round_num: int, clients: list[int], adapter: dict[str, torch.Tensor]
+    ) -> list[Reply]:
         record = ArrayRecord({k: v.contiguous() for k, v in adapter.items()})
         messages = [
             Message(
-                RecordDict({ADAPTER: record,
-                            CONFIG: ConfigRecord({"json": cfg_json, "round": round_num})}),
-                dst_node_id=mapping[c], message_type=MessageType.TRAIN,
+                RecordDict(
+                    {ADAPTER: record, CONFIG: ConfigRecord({"json": cfg_json, "round": round_num})}
+                ),
+                dst_node_id=mapping[c],
+                message_type=MessageType.TRAIN,
             )
             for c in clients
         ]
@@ -215,8 +229,9 @@ def _gather(grid: Grid, messages: list[Message]) -> Iterable[Message]:
             time.sleep(0.2)
 
 
-def build_server_app(cfg: Config, run_dir: Path, observer: RoundObserver | None = None,
-                     result: dict | None = None) -> ServerApp:
+def build_server_app(
+    cfg: Config, run_dir: Path, observer: RoundObserver | None = None, result: dict | None = None
+) -> ServerApp:
     """A ServerApp bound to a config and run directory (used by ``spearfl run``)."""
     app = ServerApp()
     obs = observer or RoundObserver()

@@ -28,7 +28,10 @@ def simulate(cfg: Config, run_dir: Path, observer: RoundObserver | None = None) 
     result: dict = {}
     server_app = build_server_app(cfg, run_dir, observer, result)
     backend_config = {
-        "client_resources": {"num_cpus": fl.num_cpus_per_client, "num_gpus": fl.num_gpus_per_client},
+        "client_resources": {
+            "num_cpus": fl.num_cpus_per_client,
+            "num_gpus": fl.num_gpus_per_client,
+        },
         "init_args": {"logging_level": logging.ERROR, "log_to_driver": True},
     }
     run_simulation(

@@ -85,6 +85,8 @@ class ClientWorker:
         examples = [data.train[i] for i in parts[client_id]]
         return cls(cfg, policy, task, algorithm, examples)
 
-    def train(self, adapter: dict[str, torch.Tensor], round_num: int, client_id: int) -> ClientUpdateResult:
+    def train(
+        self, adapter: dict[str, torch.Tensor], round_num: int, client_id: int
+    ) -> ClientUpdateResult:
         ctx = RoundContext(round_num, self.cfg.fl.rounds, client_id, self.cfg.data.seed)
         return self.algorithm.update(adapter, self.examples, ctx)

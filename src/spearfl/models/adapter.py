@@ -58,18 +58,19 @@ def attach_lora(
     return peft_model
 
 
-def trainable_parameters(model: torch.nn.Module) -> "OrderedDict[str, torch.nn.Parameter]":
+def trainable_parameters(model: torch.nn.Module) -> OrderedDict[str, torch.nn.Parameter]:
     return OrderedDict((n, p) for n, p in model.named_parameters() if p.requires_grad)
 
 
-def get_adapter_state(model: torch.nn.Module) -> "OrderedDict[str, torch.Tensor]":
+def get_adapter_state(model: torch.nn.Module) -> OrderedDict[str, torch.Tensor]:
     """A detached CPU float32 copy of every trainable (adapter) tensor, by parameter name."""
     return OrderedDict(
-        (n, p.detach().to("cpu", torch.float32).clone()) for n, p in trainable_parameters(model).items()
+        (n, p.detach().to("cpu", torch.float32).clone())
+        for n, p in trainable_parameters(model).items()
     )
 
 
-def set_adapter_state(model: torch.nn.Module, state: "dict[str, torch.Tensor]") -> None:
+def set_adapter_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Overwrite the adapter in place; names and shapes must match exactly."""
     params = trainable_parameters(model)
     missing = params.keys() - state.keys()
@@ -82,11 +83,13 @@ def set_adapter_state(model: torch.nn.Module, state: "dict[str, torch.Tensor]") 
         for name, param in params.items():
             tensor = state[name]
             if tuple(tensor.shape) != tuple(param.shape):
-                raise ValueError(f"adapter tensor {name}: shape {tuple(tensor.shape)} != {tuple(param.shape)}")
+                raise ValueError(
+                    f"adapter tensor {name}: shape {tuple(tensor.shape)} != {tuple(param.shape)}"
+                )
             param.copy_(tensor.to(param.device, param.dtype))
 
 
-def save_adapter(model: PeftModel, state: "dict[str, torch.Tensor]", directory: str | Path) -> None:
+def save_adapter(model: PeftModel, state: dict[str, torch.Tensor], directory: str | Path) -> None:
     """Write ``state`` in PEFT format (loads with ``PeftModel.from_pretrained``)."""
     current = get_adapter_state(model)
     set_adapter_state(model, state)

@@ -53,8 +53,8 @@ def left_pad(
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, seq in enumerate(sequences):
         if seq:
-            ids[row, width - len(seq):] = torch.tensor(list(seq), dtype=torch.long)
-            mask[row, width - len(seq):] = 1
+            ids[row, width - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
+            mask[row, width - len(seq) :] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -70,7 +70,9 @@ def common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
     return max(0, n)
 
 
-def sample_next(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: float) -> torch.Tensor:
+def sample_next(
+    logits: torch.Tensor, do_sample: bool, temperature: float, top_p: float
+) -> torch.Tensor:
     """Greedy, or temperature + nucleus (top-p) sampling, from last-position logits [B, V]."""
     if not do_sample:
         return logits.argmax(-1)
@@ -118,8 +120,14 @@ class PrefixRunner:
             cache = copy.deepcopy(self.prefix_cache)
             cache.batch_repeat_interleave(b)
             mask = torch.cat([torch.ones((b, p), dtype=mask.dtype, device=self.device), mask], 1)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         cache=cache, use_cache=True, logits_to_keep=1)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         return PrefillState(out.cache, mask, positions[:, -1] + 1, out.logits[:, -1])
 
 
@@ -140,7 +148,12 @@ def decode(
     finished = [False] * b
     done = torch.zeros(b, dtype=torch.bool, device=device)
     stop = torch.tensor(sorted(stop_ids), device=device)
-    logits, mask, position, cache = state.logits, state.attention_mask, state.next_position, state.cache
+    logits, mask, position, cache = (
+        state.logits,
+        state.attention_mask,
+        state.next_position,
+        state.cache,
+    )
     for step in range(max_new_tokens):
         nxt = pick(logits)
         nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
@@ -156,8 +169,13 @@ def decode(
         if bool(done.all()) or step == max_new_tokens - 1:
             break
         mask = torch.cat([mask, (~done).long().unsqueeze(1)], dim=1)
-        out = model(input_ids=nxt.unsqueeze(1), attention_mask=mask,
-                    position_ids=position.unsqueeze(1), cache=cache, use_cache=True)
+        out = model(
+            input_ids=nxt.unsqueeze(1),
+            attention_mask=mask,
+            position_ids=position.unsqueeze(1),
+            cache=cache,
+            use_cache=True,
+        )
         cache, logits = out.cache, out.logits[:, -1]
         position = position + 1
     return tokens, finished
@@ -185,10 +203,14 @@ def generate(
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: dict[int, Completion] = {}
     for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
+        chunk = order[start : start + batch_size]
         state = runner.prefill([prompts[i] for i in chunk])
         new, finished = decode(
-            model, state, max_new_tokens=max_new_tokens, stop_ids=stop, pad_id=pad_id,
+            model,
+            state,
+            max_new_tokens=max_new_tokens,
+            stop_ids=stop,
+            pad_id=pad_id,
             pick=lambda logits: sample_next(logits, do_sample, temperature, top_p),
         )
         for row, idx in enumerate(chunk):

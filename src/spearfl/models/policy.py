@@ -70,7 +70,7 @@ class Policy:
     def encode(self, messages: list[Message], assistant_prefix: str = "") -> list[int]:
         ids = self.formatter.encode(self.formatter.render(messages, assistant_prefix))
         # Keep the end of an over-long prompt: the question and the answer slot are there.
-        return ids[-self.max_seq_len:]
+        return ids[-self.max_seq_len :]
 
     def generate(
         self,

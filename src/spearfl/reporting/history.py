@@ -17,9 +17,15 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "EXTRA_EVAL_METRICS", "HISTORY_FILE", "SUMMARY_FILE", "HistoryError", "HistoryWriter",
+    "EXTRA_EVAL_METRICS",
+    "HISTORY_FILE",
+    "SUMMARY_FILE",
+    "HistoryError",
+    "HistoryWriter",
     "client_updates",
-    "read_history", "summarize", "write_summary",
+    "read_history",
+    "summarize",
+    "write_summary",
 ]
 
 HISTORY_FILE = "history.jsonl"

@@ -21,8 +21,17 @@ __all__ = ["COLUMNS", "MISSING", "format_round_row", "print_round_table", "round
 
 MISSING = "-"
 COLUMNS: tuple[str, ...] = (
-    "round", "clients", "wins", "losses", "y0 acc", "tokens", "rollout s", "train s",
-    "eval acc", "option acc", "valid",
+    "round",
+    "clients",
+    "wins",
+    "losses",
+    "y0 acc",
+    "tokens",
+    "rollout s",
+    "train s",
+    "eval acc",
+    "option acc",
+    "valid",
 )
 """Column headers, which are also the keys of ``format_round_row``'s dict."""
 
@@ -85,8 +94,9 @@ def round_table(history: Sequence[Mapping[str, Any]], title: str | None = "Round
     never folded or cut to "…".
     """
     rows = [format_round_row(entry) for entry in history]
-    table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
-                  padding=(0, 0))
+    table = Table(
+        title=title, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0)
+    )
     for name in COLUMNS:
         widest = max([len(row[name]) for row in rows] + [len(word) for word in name.split()])
         justify: JustifyMethod = "left" if name == "clients" else "right"
@@ -96,8 +106,6 @@ def round_table(history: Sequence[Mapping[str, Any]], title: str | None = "Round
     return table
 
 
-def print_round_table(
-    history: Sequence[Mapping[str, Any]], console: Console | None = None
-) -> None:
+def print_round_table(history: Sequence[Mapping[str, Any]], console: Console | None = None) -> None:
     """Print ``round_table(history)`` to ``console`` (a default stdout console if None)."""
     (console or Console()).print(round_table(history))

@@ -15,64 +15,306 @@ import re
 from spearfl.tasks.base import Example, Message, Task, TaskData
 
 CATEGORIES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "animal": ("an animal", (
-        "dog", "cat", "horse", "cow", "lion", "tiger", "elephant", "rabbit", "monkey", "bear",
-        "wolf", "fox", "deer", "sheep", "goat", "zebra", "giraffe", "mouse", "camel", "donkey",
-    )),
-    "fruit": ("a fruit", (
-        "apple", "banana", "grape", "mango", "pear", "peach", "cherry", "lemon", "plum",
-        "strawberry", "pineapple", "watermelon", "kiwi", "apricot", "coconut", "papaya",
-        "raspberry", "blueberry", "melon", "fig",
-    )),
-    "vegetable": ("a vegetable", (
-        "carrot", "potato", "onion", "cabbage", "lettuce", "spinach", "broccoli", "cucumber",
-        "celery", "garlic", "pumpkin", "radish", "turnip", "cauliflower", "beetroot", "leek",
-        "zucchini", "eggplant", "asparagus", "kale",
-    )),
-    "color": ("a color", (
-        "red", "blue", "green", "yellow", "purple", "pink", "brown", "black", "white", "gray",
-        "violet", "crimson", "turquoise", "beige", "maroon", "magenta", "scarlet", "indigo",
-        "cyan", "teal",
-    )),
-    "instrument": ("a musical instrument", (
-        "piano", "guitar", "violin", "drum", "flute", "trumpet", "cello", "harp", "saxophone",
-        "clarinet", "trombone", "banjo", "ukulele", "accordion", "oboe", "tuba", "harmonica",
-        "xylophone", "mandolin", "bagpipes",
-    )),
-    "vehicle": ("a vehicle", (
-        "car", "bus", "truck", "bicycle", "motorcycle", "train", "airplane", "boat", "ship",
-        "helicopter", "taxi", "van", "tractor", "scooter", "submarine", "tram", "canoe", "yacht",
-        "jeep", "ambulance",
-    )),
-    "body": ("a part of the body", (
-        "hand", "foot", "head", "arm", "leg", "nose", "ear", "eye", "mouth", "knee", "elbow",
-        "shoulder", "finger", "toe", "neck", "chin", "ankle", "wrist", "thumb", "forehead",
-    )),
-    "job": ("a job", (
-        "doctor", "teacher", "nurse", "farmer", "lawyer", "pilot", "chef", "engineer", "baker",
-        "plumber", "dentist", "carpenter", "firefighter", "journalist", "electrician",
-        "mechanic", "architect", "cashier", "judge", "scientist",
-    )),
-    "tool": ("a tool", (
-        "hammer", "screwdriver", "wrench", "saw", "drill", "pliers", "shovel", "chisel", "rake",
-        "axe", "crowbar", "sandpaper", "mallet", "hoe", "trowel", "spanner", "clamp", "vise",
-        "pickaxe", "sledgehammer",
-    )),
-    "clothing": ("a piece of clothing", (
-        "shirt", "trousers", "dress", "skirt", "jacket", "coat", "sweater", "sock", "hat",
-        "scarf", "glove", "shoe", "boot", "blouse", "jeans", "tie", "vest", "pajamas", "hoodie",
-        "belt",
-    )),
-    "sport": ("a sport", (
-        "football", "tennis", "basketball", "golf", "cricket", "rugby", "hockey", "baseball",
-        "volleyball", "swimming", "boxing", "skiing", "wrestling", "badminton", "archery",
-        "fencing", "rowing", "surfing", "karate", "judo",
-    )),
-    "country": ("a country", (
-        "france", "germany", "spain", "italy", "japan", "china", "brazil", "canada", "mexico",
-        "india", "egypt", "kenya", "peru", "chile", "norway", "sweden", "poland", "greece",
-        "portugal", "argentina",
-    )),
+    "animal": (
+        "an animal",
+        (
+            "dog",
+            "cat",
+            "horse",
+            "cow",
+            "lion",
+            "tiger",
+            "elephant",
+            "rabbit",
+            "monkey",
+            "bear",
+            "wolf",
+            "fox",
+            "deer",
+            "sheep",
+            "goat",
+            "zebra",
+            "giraffe",
+            "mouse",
+            "camel",
+            "donkey",
+        ),
+    ),
+    "fruit": (
+        "a fruit",
+        (
+            "apple",
+            "banana",
+            "grape",
+            "mango",
+            "pear",
+            "peach",
+            "cherry",
+            "lemon",
+            "plum",
+            "strawberry",
+            "pineapple",
+            "watermelon",
+            "kiwi",
+            "apricot",
+            "coconut",
+            "papaya",
+            "raspberry",
+            "blueberry",
+            "melon",
+            "fig",
+        ),
+    ),
+    "vegetable": (
+        "a vegetable",
+        (
+            "carrot",
+            "potato",
+            "onion",
+            "cabbage",
+            "lettuce",
+            "spinach",
+            "broccoli",
+            "cucumber",
+            "celery",
+            "garlic",
+            "pumpkin",
+            "radish",
+            "turnip",
+            "cauliflower",
+            "beetroot",
+            "leek",
+            "zucchini",
+            "eggplant",
+            "asparagus",
+            "kale",
+        ),
+    ),
+    "color": (
+        "a color",
+        (
+            "red",
+            "blue",
+            "green",
+            "yellow",
+            "purple",
+            "pink",
+            "brown",
+            "black",
+            "white",
+            "gray",
+            "violet",
+            "crimson",
+            "turquoise",
+            "beige",
+            "maroon",
+            "magenta",
+            "scarlet",
+            "indigo",
+            "cyan",
+            "teal",
+        ),
+    ),
+    "instrument": (
+        "a musical instrument",
+        (
+            "piano",
+            "guitar",
+            "violin",
+            "drum",
+            "flute",
+            "trumpet",
+            "cello",
+            "harp",
+            "saxophone",
+            "clarinet",
+            "trombone",
+            "banjo",
+            "ukulele",
+            "accordion",
+            "oboe",
+            "tuba",
+            "harmonica",
+            "xylophone",
+            "mandolin",
+            "bagpipes",
+        ),
+    ),
+    "vehicle": (
+        "a vehicle",
+        (
+            "car",
+            "bus",
+            "truck",
+            "bicycle",
+            "motorcycle",
+            "train",
+            "airplane",
+            "boat",
+            "ship",
+            "helicopter",
+            "taxi",
+            "van",
+            "tractor",
+            "scooter",
+            "submarine",
+            "tram",
+            "canoe",
+            "yacht",
+            "jeep",
+            "ambulance",
+        ),
+    ),
+    "body": (
+        "a part of the body",
+        (
+            "hand",
+            "foot",
+            "head",
+            "arm",
+            "leg",
+            "nose",
+            "ear",
+            "eye",
+            "mouth",
+            "knee",
+            "elbow",
+            "shoulder",
+            "finger",
+            "toe",
+            "neck",
+            "chin",
+            "ankle",
+            "wrist",
+            "thumb",
+            "forehead",
+        ),
+    ),
+    "job": (
+        "a job",
+        (
+            "doctor",
+            "teacher",
+            "nurse",
+            "farmer",
+            "lawyer",
+            "pilot",
+            "chef",
+            "engineer",
+            "baker",
+            "plumber",
+            "dentist",
+            "carpenter",
+            "firefighter",
+            "journalist",
+            "electrician",
+            "mechanic",
+            "architect",
+            "cashier",
+            "judge",
+            "scientist",
+        ),
+    ),
+    "tool": (
+        "a tool",
+        (
+            "hammer",
+            "screwdriver",
+            "wrench",
+            "saw",
+            "drill",
+            "pliers",
+            "shovel",
+            "chisel",
+            "rake",
+            "axe",
+            "crowbar",
+            "sandpaper",
+            "mallet",
+            "hoe",
+            "trowel",
+            "spanner",
+            "clamp",
+            "vise",
+            "pickaxe",
+            "sledgehammer",
+        ),
+    ),
+    "clothing": (
+        "a piece of clothing",
+        (
+            "shirt",
+            "trousers",
+            "dress",
+            "skirt",
+            "jacket",
+            "coat",
+            "sweater",
+            "sock",
+            "hat",
+            "scarf",
+            "glove",
+            "shoe",
+            "boot",
+            "blouse",
+            "jeans",
+            "tie",
+            "vest",
+            "pajamas",
+            "hoodie",
+            "belt",
+        ),
+    ),
+    "sport": (
+        "a sport",
+        (
+            "football",
+            "tennis",
+            "basketball",
+            "golf",
+            "cricket",
+            "rugby",
+            "hockey",
+            "baseball",
+            "volleyball",
+            "swimming",
+            "boxing",
+            "skiing",
+            "wrestling",
+            "badminton",
+            "archery",
+            "fencing",
+            "rowing",
+            "surfing",
+            "karate",
+            "judo",
+        ),
+    ),
+    "country": (
+        "a country",
+        (
+            "france",
+            "germany",
+            "spain",
+            "italy",
+            "japan",
+            "china",
+            "brazil",
+            "canada",
+            "mexico",
+            "india",
+            "egypt",
+            "kenya",
+            "peru",
+            "chile",
+            "norway",
+            "sweden",
+            "poland",
+            "greece",
+            "portugal",
+            "argentina",
+        ),
+    ),
 }
 
 # One neutral worked exchange shown before every question: it teaches the reply format only
@@ -90,6 +332,10 @@ def normalise(text: str) -> str:
     text = _PUNCT.sub(" ", text.lower())
     text = " ".join(text.split())
     return _ARTICLES.sub("", text)
+
+
+def _mentions(text: str, option: str) -> bool:
+    return re.search(rf"\b{re.escape(option)}\b", text, flags=re.IGNORECASE) is not None
 
 
 def split_items(seed: int, eval_share: float) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
@@ -135,13 +381,11 @@ class EmbeddedCategoryTask(Task):
         num_train_examples: int = 2000,
         num_eval_examples: int = 240,
         eval_share: float = 0.3,
-        hint_chars: int = 2,
     ) -> None:
         self.seed = seed
         self.num_train = num_train_examples
         self.num_eval = num_eval_examples
         self.eval_share = eval_share
-        self.hint_chars = hint_chars
 
     def load(self) -> TaskData:
         train_items, eval_items = split_items(self.seed, self.eval_share)
@@ -175,13 +419,17 @@ class EmbeddedCategoryTask(Task):
         ]
 
     def revision_messages(self, example: Example, previous: str, hint: str) -> list[Message]:
+        """The question again, without the options the feedback ruled out, plus the feedback.
+
+        A hint like "it is not X and not Y" leaves two options; re-listing only those is what
+        lets a small model act on it. The hint itself never names the answer.
+        """
+        remaining = [o for o in example.options if not _mentions(hint, o)] or list(example.options)
+        question = f"{example.question}\nOptions: {', '.join(remaining)}\n{_INSTRUCTION}"
         convo = self.messages(example)
         convo[-1] = {
             "role": "user",
-            "content": (
-                f"{self._question_text(example)}\nYou answered: {previous.strip()[:80]}\n"
-                f"{hint}\nAnswer again with one option."
-            ),
+            "content": f"You answered: {previous.strip()[:80]}\n{hint}\n\n{question}",
         }
         return convo
 
@@ -205,19 +453,15 @@ class EmbeddedCategoryTask(Task):
 
     # -------------------------------------------------------------- feedback
     def oracle_hint(self, example: Example, completion: str) -> str:
-        """Rule out the wrong answer given and one more wrong option; give the first letters.
+        """Rule out two wrong options: the wrong answer given (if it was an option) and another.
 
-        Never contains the gold text: the prefix is strictly shorter than the gold word.
+        Never contains the gold option: only wrong options are named.
         """
         said = self.extract_answer(example, completion)
         wrong = [o for o in example.options if o != example.gold and o != said]
         rng = random.Random(f"hint-{example.uid}-{completion}")
-        ruled_out = ([said] if said else []) + rng.sample(wrong, 1)
-        prefix = example.gold[: max(1, min(self.hint_chars, len(example.gold) - 1))]
-        return (
-            f"That is not right. It is not {' and not '.join(ruled_out)}. "
-            f"The right option starts with \"{prefix}\"."
-        )
+        ruled_out = ([said] if said else []) + rng.sample(wrong, 2 - (1 if said else 0))
+        return f"That is not right. It is not {ruled_out[0]}, and it is not {ruled_out[1]}."
 
     # ------------------------------------------------------------ evaluation
     def candidates(self, example: Example) -> list[str]:
