@@ -85,7 +85,8 @@ class ScriptedPolicy:
 
 
 def _options(ex: Example) -> str:
-    return f"Options: {', '.join(ex.options)}\n"
+    """The script key: the question, which the first prompt and every revision prompt repeat."""
+    return ex.question
 
 
 def _prompt(policy: ScriptedPolicy, ex: Example) -> tuple[int, ...]:
@@ -122,8 +123,12 @@ def test_fixed_on_second_revision():
     # the second revision sees the first revision as the previous attempt, with its hint
     second = policy.seen[2]
     assert "You answered: red\n" in second
-    assert "It is not red" in second and 'starts with "do"' in second
-    assert "dog" not in second.split("You answered:")[1]  # the gold text never leaks
+    hint = second.split("You answered: red\n")[1].split("\n")[0]
+    assert hint.startswith("That is not right. It is not red, and it is not ")
+    assert "dog" not in hint  # the gold text never leaks into the hint
+    # the revision re-lists only the two options the hint did not rule out, gold among them
+    listed = second.split("Options: ")[-1].split("\n")[0].split(", ")
+    assert len(listed) == 2 and "dog" in listed and "red" not in listed
     # tokens: "car"+EOS, "red"+EOS, "dog"+EOS
     assert s["tokens_generated"] == 12
     assert s["rollout_seconds"] > 0
@@ -184,13 +189,13 @@ def test_invalid_answer_is_counted_and_revised():
     assert result.stats["y0_valid"] == 0
     assert [t.text for t in result.wins] == ["dog"]
     assert [(t.text, t.confidence) for t in result.losses] == [("a duck maybe", 1.0)]
-    # a hint for an answer that is no option rules out one wrong option, never the gold one
-    hint_line = policy.seen[1].split("\n")[-2]
-    assert re.fullmatch(
-        r"That is not right\. It is not (car|red|apple)\. "
-        r'The right option starts with "do"\.',
+    # a hint for an answer that is no option rules out two wrong options, never the gold one
+    hint_line = policy.seen[1].split("You answered: a duck maybe\n")[1].split("\n")[0]
+    match = re.fullmatch(
+        r"That is not right\. It is not (car|red|apple), and it is not (car|red|apple)\.",
         hint_line,
     )
+    assert match and match.group(1) != match.group(2)
 
 
 def test_revise_false_makes_every_wrong_a_half_loss():
@@ -233,16 +238,19 @@ def test_hints_false_uses_the_bare_hint():
         chr(i) for i in policy.encode(TASK.revision_messages(EX_FIX, "car", "That is not right."))
     )
     assert revision == expected
-    assert "You answered: car\nThat is not right.\nAnswer again with one option." in revision
-    assert "starts with" not in revision and "It is not" not in revision
+    assert "You answered: car\nThat is not right.\n\n" in revision
+    assert "It is not" not in revision
+    # the control re-lists all four options: nothing was ruled out
+    assert "Options: car, dog, red, apple\n" in revision.split("You answered:")[1]
 
 
 def test_hints_true_uses_the_oracle_hint():
     policy = ScriptedPolicy({_options(EX_FIX): ["car", "dog"]})
     self_play_rollout(policy, TASK, ORACLE, [EX_FIX], GEN)
     revision = policy.seen[1]
-    assert "You answered: car\nThat is not right. It is not car and not " in revision
-    assert 'The right option starts with "do".\nAnswer again with one option.' in revision
+    assert "You answered: car\nThat is not right. It is not car, and it is not " in revision
+    listed = revision.split("Options: ")[-1].split("\n")[0].split(", ")
+    assert len(listed) == 2 and "dog" in listed and "car" not in listed
 
 
 def test_empty_completion_counts_only_its_eos():
@@ -326,7 +334,7 @@ def test_spear_rollout_hints_false_uses_bare_hint():
     policy = ScriptedPolicy({_options(EX_FIX): ["car", "dog"]})
     result = _spear(policy, "feedback.hints=false").rollout([EX_FIX], CTX)
     assert [t.text for t in result.wins] == ["dog"]
-    assert "You answered: car\nThat is not right.\nAnswer again" in policy.seen[1]
+    assert "You answered: car\nThat is not right.\n\n" in policy.seen[1]
 
 
 # ----------------------------------------------------------------- oracle hint
@@ -345,10 +353,12 @@ def test_oracle_hint_never_contains_gold_text(eval_examples):
             fb = ORACLE.feedback(ex, completion)
             assert not fb.correct
             assert fb.hint and not gold.search(fb.hint.lower()), (ex, completion, fb.hint)
-            prefix = re.search(r'starts with "([^"]*)"', fb.hint).group(1)
-            assert ex.gold.startswith(prefix) and 1 <= len(prefix) < len(ex.gold)
+            named = re.fullmatch(r"That is not right\. It is not (.+), and it is not (.+)\.", fb.hint)
+            assert named, fb.hint
+            assert {named.group(1), named.group(2)} <= set(ex.options) - {ex.gold}
+            assert named.group(1) != named.group(2)
             if completion in ex.options:
-                assert f"It is not {completion}" in fb.hint
+                assert named.group(1) == completion
             checked += 1
     assert checked == 240 * 6
 
