@@ -353,7 +353,9 @@ def test_oracle_hint_never_contains_gold_text(eval_examples):
             fb = ORACLE.feedback(ex, completion)
             assert not fb.correct
             assert fb.hint and not gold.search(fb.hint.lower()), (ex, completion, fb.hint)
-            named = re.fullmatch(r"That is not right\. It is not (.+), and it is not (.+)\.", fb.hint)
+            named = re.fullmatch(
+                r"That is not right\. It is not (.+), and it is not (.+)\.", fb.hint
+            )
             assert named, fb.hint
             assert {named.group(1), named.group(2)} <= set(ex.options) - {ex.gold}
             assert named.group(1) != named.group(2)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from spearfl.algorithms.losses import target_logprobs
+from spearfl.models.generation import common_prefix_length
 
 
 @dataclass
@@ -39,12 +40,7 @@ class TokenBatch:
 
 def shared_prefix(pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> int:
     """Tokens all prompts start with, leaving each row at least one prompt token of its own."""
-    prompts = [p for p, _ in pairs]
-    limit = min(len(p) for p in prompts) - 1
-    n = 0
-    while n < limit and all(p[n] == prompts[0][n] for p in prompts):
-        n += 1
-    return n if len(pairs) > 1 else 0
+    return common_prefix_length([p for p, _ in pairs]) if len(pairs) > 1 else 0
 
 
 def build_batch(

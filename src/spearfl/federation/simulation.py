@@ -13,6 +13,23 @@ from spearfl.federation.client_app import app as client_app
 from spearfl.federation.server_app import RoundObserver, build_server_app
 
 
+class _DropNotice(logging.Filter):
+    """Hides Flower's notice that the programmatic simulation entry point is deprecated.
+
+    ``run_simulation`` is still Flower's way to run a ServerApp object built in this process;
+    the notice would otherwise open every run.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "run_simulation` function is deprecated" not in record.getMessage()
+
+
+def _quiet_flower() -> None:
+    flwr_logger = logging.getLogger("flwr")
+    if not any(isinstance(f, _DropNotice) for f in flwr_logger.filters):
+        flwr_logger.addFilter(_DropNotice())
+
+
 def simulate(cfg: Config, run_dir: Path, observer: RoundObserver | None = None) -> dict:
     """Run every round; returns the run's summary. Client work runs in Ray actors."""
     fl = cfg.fl
@@ -25,6 +42,7 @@ def simulate(cfg: Config, run_dir: Path, observer: RoundObserver | None = None) 
     if cfg.hf.offline:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    _quiet_flower()
     result: dict = {}
     server_app = build_server_app(cfg, run_dir, observer, result)
     backend_config = {

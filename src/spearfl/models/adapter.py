@@ -6,6 +6,7 @@ overwritten in place with whatever global adapter arrives.
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -52,7 +53,10 @@ def attach_lora(
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        peft_model = get_peft_model(model, config)
+        with warnings.catch_warnings():
+            # peft reads a transformers attribute deprecated in v5; nothing for users to act on.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            peft_model = get_peft_model(model, config)
     finally:
         torch.random.set_rng_state(state)
     return peft_model

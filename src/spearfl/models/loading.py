@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -136,6 +137,7 @@ def load_base_model(
     device_map: str | None = None,
 ) -> LoadedModel:
     """Load the frozen base model and tokenizer, ready for LoRA and left-padded generation."""
+    transformers.utils.logging.disable_progress_bar()
     path = resolve_model_path(model_name)
     tok_path = resolve_model_path(tokenizer_name) if tokenizer_name else path
     dev = resolve_device(device)
