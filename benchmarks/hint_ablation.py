@@ -3,7 +3,10 @@
 Answers a fixed set of training prompts once, then revises every wrong answer twice: once told
 the hint, once told only that it was wrong. Same prompts, same first answers, same sampling.
 
-    .venv/bin/python benchmarks/hint_ablation.py [CONFIG] [--prompts 128] [--set key=value ...]
+    .venv/bin/python benchmarks/hint_ablation.py [CONFIG] [--prompts 128] [--adapter DIR]
+
+``--adapter`` loads a saved global adapter (e.g. ``runs/demo/adapters/final``) first, to see how
+a trained model uses the hint.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from spearfl.algorithms.rollout import self_play_rollout
 from spearfl.cli.main import default_config_path
 from spearfl.config import load_config
 from spearfl.federation.worker import shared_policy, shared_task_data
+from spearfl.models.adapter import load_adapter
 from spearfl.tasks.registry import build_feedback
 
 
@@ -24,9 +28,12 @@ def main() -> None:
     parser.add_argument("config", nargs="?", default=str(default_config_path()))
     parser.add_argument("--prompts", type=int, default=128)
     parser.add_argument("--set", action="append", default=[])
+    parser.add_argument("--adapter", help="a PEFT adapter folder to load first")
     args = parser.parse_args()
     cfg = load_config(args.config, args.set)
     policy = shared_policy(cfg)
+    if args.adapter:
+        load_adapter(policy.model, args.adapter)
     task, data, _ = shared_task_data(cfg)
     provider = build_feedback(cfg, task)
     prompts = random.Random(cfg.data.seed).sample(data.train, args.prompts)

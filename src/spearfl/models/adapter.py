@@ -101,3 +101,17 @@ def save_adapter(model: PeftModel, state: dict[str, torch.Tensor], directory: st
         model.save_pretrained(str(directory))
     finally:
         set_adapter_state(model, current)
+
+
+def load_adapter(model: PeftModel, directory: str | Path) -> None:
+    """Load a PEFT-format adapter (safetensors only, never pickle) into ``model`` in place."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = Path(directory) / "adapter_model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"no adapter_model.safetensors in {directory}")
+    result = set_peft_model_state_dict(model, load_file(str(path)))
+    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+    if missing:
+        raise ValueError(f"{path} does not match the model's adapter: missing {missing[:3]}")
