@@ -128,6 +128,13 @@ class Evaluator:
         stop = stop_token_ids(tok, model)
         pad = tok.pad_token_id
         runner = PrefixRunner(model, self.prompts, pad)
+        stop_when = None
+        if self.task.answer_marker is not None:
+
+            def stop_when(ids: list[int]) -> bool:
+                # Only the last few tokens can complete a declaration just now.
+                return self.task.answer_complete(tok.decode(ids[-12:], skip_special_tokens=True))
+
         texts: list[str] = [""] * len(self.examples)
         scores: list[list[float]] = [[] for _ in self.examples]
         order = sorted(range(len(self.prompts)), key=lambda i: len(self.prompts[i]))
@@ -145,6 +152,7 @@ class Evaluator:
                     stop_ids=stop,
                     pad_id=pad,
                     pick=lambda lg: sample_next(lg, False, 1.0, 1.0),
+                    stop_when=stop_when,
                 )
                 for i, ids in zip(chunk, new):
                     texts[i] = tok.decode(ids, skip_special_tokens=True)

@@ -140,8 +140,13 @@ def decode(
     stop_ids: set[int],
     pad_id: int,
     pick: Callable[[torch.Tensor], torch.Tensor],
+    stop_when: Callable[[list[int]], bool] | None = None,
 ) -> tuple[list[list[int]], list[bool]]:
-    """Continue from a prefill until every sequence stops or hits ``max_new_tokens``."""
+    """Continue from a prefill until every sequence stops or hits ``max_new_tokens``.
+
+    ``stop_when(tokens)`` ends a sequence early once what it generated is enough (e.g. it has
+    declared its answer): no tokens are generated that nobody reads.
+    """
     b = state.logits.shape[0]
     device = state.logits.device
     tokens: list[list[int]] = [[] for _ in range(b)]
@@ -165,6 +170,10 @@ def decode(
                 finished[row] = True
             else:
                 tokens[row].append(tok)
+        if stop_when is not None:
+            for row in range(b):
+                if not done[row] and not is_stop[row] and stop_when(tokens[row]):
+                    is_stop[row] = True
         done = done | is_stop
         if bool(done.all()) or step == max_new_tokens - 1:
             break

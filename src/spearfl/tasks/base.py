@@ -107,6 +107,17 @@ class Task(ABC):
         """Whether the completion follows the required format (used by the format-fix step)."""
         return True
 
+    def answer_complete(self, text: str) -> bool:
+        """Whether ``text`` (the end of a completion so far) has finished declaring an answer.
+
+        Generative evaluation stops a sequence there. Tasks with an answer marker stop once the
+        word after the marker is complete; others decode to EOS.
+        """
+        if self.answer_marker is None:
+            return False
+        pattern = rf"{re.escape(self.answer_marker)}\s*\(?[A-Za-z]+\b[^\w]"
+        return re.search(pattern, text, flags=re.IGNORECASE) is not None
+
     def answer_span(self, example: Example, completion: str) -> tuple[int, int] | None:
         """Character span ``[start, end)`` of the declared answer in ``completion``."""
         return None
