@@ -87,6 +87,8 @@ def main() -> None:
         "mean_tokens_generated": round(sum(r["tokens_generated"] for r in rows) / n, 1),
         "eval_s": round(eval_seconds, 2),
         "eval_n": result["n"],
+        "eval_method": result["method"],
+        "eval_accuracy": result["accuracy"],
         "round_s_with_eval": round(
             sum(r["client_s"] for r in rows) / args.rounds + eval_seconds, 2
         ),

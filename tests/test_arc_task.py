@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from spearfl.feedback.oracle import OracleFeedback
-from spearfl.tasks.arc import ArcChallengeTask, split_off_eval
+from spearfl.tasks.arc import ArcChallengeTask
 from spearfl.tasks.base import LETTERS, Example, TaskData
+from spearfl.tasks.dataset import split_off_eval
 from spearfl.tasks.rows import (
     BadRowPolicy,
     DataError,

@@ -1,14 +1,15 @@
-"""Shared behaviour of letter-answer multiple-choice tasks (ARC-Challenge, HellaSwag).
+"""Shared behaviour of letter-answer multiple-choice tasks (ARC-Challenge, HellaSwag, MATH-MCQA).
 
 Everything here is about one question with lettered options whose answer is a single letter:
 the prompt, reading the declared letter out of a completion, and the oracle's partial hint.
-Subclasses only add data loading and a task-specific nudge sentence.
+Subclasses add data loading, a task-specific nudge sentence and, where needed, their own
+answer instruction.
 
 Answer extraction follows SPEC §5 ("last declared answer"):
 
 1. the last ``Answer: X`` / ``answer is X`` declaration (marker case-insensitive, optional
-   spaces, ``Answer:X``, ``(B)``, ``option B``, ``B.``; a lower-case letter counts only when it
-   stands alone, e.g. ``answer: b`` or ``answer is (b)``), else
+   spaces, ``Answer:X``, ``(B)``, ``option B``, ``B.``, ``$B$``, ``\boxed{B}``; a lower-case
+   letter counts only when it stands alone, e.g. ``answer: b`` or ``answer is (b)``), else
 2. a completion that is nothing but a letter (``b``, ``(c)``, ``D.``), else
 3. the last standalone capital letter among the valid ones.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from typing import Literal
 
 from spearfl.tasks.base import LETTERS, Example, Message, Task
@@ -31,6 +33,8 @@ HINT_STYLES: tuple[str, ...] = ("partial", "paper")
 
 _MARKER = re.compile(
     r"\banswer\b\s*(?:is\b\s*:?|[:=])\s*[*_]*\s*(?:(?:option|choice)\s+)?"
+    # Maths answers often come as "$B$", "\boxed{B}" or "$\text{(B)}$".
+    r"(?:\$\s*)?(?:\\(?:boxed|text|textbf|mathrm)\s*\{\s*)?"
     r"(?P<open>[(\[])?\s*(?P<letter>[A-Za-z])\s*(?P<close>[)\]])?(?![A-Za-z0-9])",
     re.IGNORECASE,
 )
@@ -83,6 +87,9 @@ class LetterChoiceTask(Task):
     answer_marker = "Answer:"
     hint_nudge: str = "Think again about what the question is really asking."
     """Task-specific sentence added to every hint (e.g. ARC: the underlying principle)."""
+    bare_letter_ok: bool = True
+    """Whether a completion that is just a letter counts as well formatted (tasks that ask for
+    reasoning and an ``Answer: X`` line set this to False)."""
 
     def __init__(self, hint_style: str = "partial", hint_words: int = 3) -> None:
         if hint_style not in HINT_STYLES:
@@ -98,6 +105,17 @@ class LetterChoiceTask(Task):
         """The valid answer letters for ``example`` (one per option)."""
         return LETTERS[: len(example.options)]
 
+    @classmethod
+    def listed_letters(cls, example: Example) -> str:
+        """The valid letters as prose: ``"A, B, C or D"``."""
+        letters = cls.letters(example)
+        return ", ".join(letters[:-1]) + f" or {letters[-1]}" if len(letters) > 1 else letters[0]
+
+    def answer_instruction(self, example: Example) -> str:
+        """The closing line of the prompt: how to answer."""
+        listed = self.listed_letters(example)
+        return f"Answer with the letter of the correct option ({listed}) only."
+
     def prompt_text(self, example: Example) -> str:
         """Question, one ``X. text`` line per option, then the answer-format instruction."""
         letters = self.letters(example)
@@ -105,21 +123,20 @@ class LetterChoiceTask(Task):
             f"{letter}. {text.strip()}"
             for letter, text in zip(letters, example.options, strict=True)
         ]
-        listed = ", ".join(letters[:-1]) + f" or {letters[-1]}" if len(letters) > 1 else letters[0]
         return (
             f"{example.question.strip()}\n\n"
             + "\n".join(lines)
-            + f"\n\nAnswer with the letter of the correct option ({listed}) only."
+            + f"\n\n{self.answer_instruction(example)}"
         )
 
     def messages(self, example: Example) -> list[Message]:
         return [{"role": "user", "content": self.prompt_text(example)}]
 
     # -------------------------------------------------------------- answers
-    def _locate(self, example: Example, completion: str) -> tuple[str, int] | None:
-        """The declared letter and its character offset in ``completion``."""
-        valid = self.letters(example)
-        last: tuple[str, int] | None = None
+    @staticmethod
+    def _declarations(completion: str, valid: tuple[str, ...]) -> list[re.Match[str]]:
+        """``Answer: X`` / ``answer is X`` matches whose letter is valid and really meant."""
+        found = []
         for match in _MARKER.finditer(completion):
             letter = match.group("letter")
             if letter.upper() not in valid:
@@ -129,9 +146,15 @@ class LetterChoiceTask(Task):
                 bracketed or _LONE_LOWER_FOLLOW.match(completion, match.end("letter"))
             ):
                 continue
-            last = (letter.upper(), match.start("letter"))
-        if last is not None:
-            return last
+            found.append(match)
+        return found
+
+    def _locate(self, example: Example, completion: str) -> tuple[str, int] | None:
+        """The declared letter and its character offset in ``completion``."""
+        valid = self.letters(example)
+        declared = self._declarations(completion, valid)
+        if declared:
+            return declared[-1].group("letter").upper(), declared[-1].start("letter")
         bare = _BARE.fullmatch(completion)
         if bare and bare.group("letter").upper() in valid:
             return bare.group("letter").upper(), bare.start("letter")
@@ -149,6 +172,18 @@ class LetterChoiceTask(Task):
         following = _NEXT_WORD.match(text, end)
         return bool(following) and following.group(1) not in _OPTION_A_FOLLOWERS
 
+    def answer_complete(self, text: str) -> bool:
+        """A letter declaration that cannot grow any more: a capital followed by anything (so
+        "Answer: B" is not the start of "Be..."), a lower-case letter followed by punctuation
+        (so "the answer is a " may still go on as an article)."""
+        for match in self._declarations(text, LETTERS):
+            rest = text[match.end("letter") :]
+            if match.group("letter").isupper() and rest:
+                return True
+            if rest.strip() and not rest.lstrip()[0].isalpha():
+                return True
+        return False
+
     def extract_answer(self, example: Example, completion: str) -> str | None:
         found = self._locate(example, completion)
         return found[0] if found else None
@@ -158,10 +193,11 @@ class LetterChoiceTask(Task):
         return (found[1], found[1] + 1) if found else None
 
     def is_well_formatted(self, example: Example, completion: str) -> bool:
-        """A bare capital letter (``C``, ``C.``, ``(C)``) or an ``Answer: C`` line."""
+        """An ``Answer: C`` line, or (when :attr:`bare_letter_ok`) a bare capital letter (``C``,
+        ``C.``, ``(C)``)."""
         valid = self.letters(example)
         bare = _WELL_FORMED_BARE.fullmatch(completion.strip())
-        if bare and bare.group("letter") in valid:
+        if self.bare_letter_ok and bare and bare.group("letter") in valid:
             return True
         for line in completion.splitlines():
             declared = _WELL_FORMED_LINE.fullmatch(line.strip())
@@ -203,6 +239,13 @@ class LetterChoiceTask(Task):
             return ""
         return fragment
 
+    def repeat_sentence(self, example: Example, completion: str) -> str:
+        """Asks not to give the previous (wrong) letter again, naming it when it is readable."""
+        previous = self.extract_answer(example, completion)
+        if previous and previous != example.gold:
+            return f"Do not answer {previous} again; pick a different option."
+        return "Do not repeat your previous answer; pick a different option."
+
     def oracle_hint(self, example: Example, completion: str) -> str:
         """SPEC §5 multiple-choice hint: wrong + partial option opening + nudge + don't repeat.
 
@@ -212,11 +255,7 @@ class LetterChoiceTask(Task):
         inside ordinary words (a single letter such as "e") cannot be kept out of any sentence;
         then the last, shortest candidate is returned anyway.
         """
-        previous = self.extract_answer(example, completion)
-        if previous and previous != example.gold:
-            repeat = f"Do not answer {previous} again; pick a different option."
-        else:
-            repeat = "Do not repeat your previous answer; pick a different option."
+        repeat = self.repeat_sentence(example, completion)
         opening = "Your answer is not correct."
         fragment = self.hint_fragment(example)
         # (hint, quotes_fragment): the paper style may quote the whole option on purpose, so
@@ -228,11 +267,24 @@ class LetterChoiceTask(Task):
         candidates.append((f"{opening} {self.hint_nudge} {repeat}", False))
         candidates.append((f"{opening} {repeat}", False))
         candidates.append(("Wrong; try again.", False))
+        return self.first_safe_hint(example, candidates, hint_leaks)
+
+    def first_safe_hint(
+        self,
+        example: Example,
+        candidates: list[tuple[str, bool]],
+        leaks: Callable[[str, Example], bool],
+    ) -> str:
+        """The first ``(hint, quotes_fragment)`` candidate that does not leak, else the last.
+
+        With ``hint_style="paper"`` a candidate quoting the option fragment is only checked for
+        the gold letter, since the paper's rule may quote the whole option by design.
+        """
         for hint, quotes_fragment in candidates:
             if quotes_fragment and self.hint_style == "paper":
                 if not standalone_letter(example.gold).search(hint):
                     return hint
-            elif not hint_leaks(hint, example):
+            elif not leaks(hint, example):
                 return hint
         return candidates[-1][0]
 

@@ -1,8 +1,16 @@
-"""Map ``data.dataset`` to a task, and the task's feedback provider."""
+"""Map ``data.dataset`` to a task, and the task's feedback provider.
+
+Benchmark tasks get the same data settings (``data.path``, ``split``, ``eval_split``,
+``eval_fraction``, ``max_eval_examples``, ``skip_bad_rows``, ``hf.dataset_cache_dir``); the
+letter-answer ones also get ``feedback.mc_hint_style`` and ``feedback.mc_hint_words``. One rule
+differs: MATH-MCQA's hint fallback uses ``max(feedback.mc_hint_words, 10)`` words, so a config
+written for ARC (3 words) still gets the paper's 10 there, and a larger value still wins.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from spearfl.config import Config
 from spearfl.feedback.base import FeedbackProvider
@@ -10,6 +18,10 @@ from spearfl.feedback.oracle import OracleFeedback
 from spearfl.tasks.arc import ArcChallengeTask
 from spearfl.tasks.base import Task
 from spearfl.tasks.embedded import EmbeddedCategoryTask
+from spearfl.tasks.hellaswag import HellaSwagTask
+from spearfl.tasks.math_mcqa import DEFAULT_HINT_WORDS as MATH_HINT_WORDS
+from spearfl.tasks.math_mcqa import MathMCQATask
+from spearfl.tasks.strategyqa import StrategyQATask
 
 
 def _embedded(cfg: Config) -> Task:
@@ -19,26 +31,61 @@ def _embedded(cfg: Config) -> Task:
     )
 
 
+def _dataset_kwargs(cfg: Config) -> dict[str, Any]:
+    """The data settings every benchmark task takes; unset ``config_name`` / ``eval_split`` leave
+    the task's own default (e.g. ARC-Challenge / test, HellaSwag's validation)."""
+    d = cfg.data
+    kwargs: dict[str, Any] = {
+        "path": d.path,
+        "split": d.split,
+        "eval_fraction": d.eval_fraction,
+        "max_eval_examples": d.max_eval_examples,
+        "skip_bad_rows": d.skip_bad_rows,
+        "cache_dir": cfg.hf.dataset_cache_dir,
+    }
+    if d.config_name:
+        kwargs["config_name"] = d.config_name
+    if d.eval_split:
+        kwargs["eval_split"] = d.eval_split
+    return kwargs
+
+
 def _arc(cfg: Config) -> Task:
-    d, f = cfg.data, cfg.feedback
+    f = cfg.feedback
     return ArcChallengeTask(
-        path=d.path,
-        config_name=d.config_name or "ARC-Challenge",
-        split=d.split,
-        eval_split=d.eval_split or "test",
-        eval_fraction=d.eval_fraction,
-        max_eval_examples=d.max_eval_examples,
-        hint_style=f.mc_hint_style,
-        hint_words=f.mc_hint_words,
-        skip_bad_rows=d.skip_bad_rows,
-        cache_dir=cfg.hf.dataset_cache_dir,
+        **_dataset_kwargs(cfg), hint_style=f.mc_hint_style, hint_words=f.mc_hint_words
     )
+
+
+def _hellaswag(cfg: Config) -> Task:
+    f = cfg.feedback
+    return HellaSwagTask(
+        **_dataset_kwargs(cfg), hint_style=f.mc_hint_style, hint_words=f.mc_hint_words
+    )
+
+
+def _strategyqa(cfg: Config) -> Task:
+    return StrategyQATask(**_dataset_kwargs(cfg))
+
+
+def _math_mcqa(cfg: Config) -> Task:
+    # The paper's MATH-MCQA fallback quotes 10 words where ARC quotes 3; one config key serves
+    # both, so this task takes the larger of feedback.mc_hint_words and 10.
+    f = cfg.feedback
+    words = max(f.mc_hint_words, MATH_HINT_WORDS)
+    return MathMCQATask(**_dataset_kwargs(cfg), hint_style=f.mc_hint_style, hint_words=words)
 
 
 TASKS: dict[str, Callable[[Config], Task]] = {
     "embedded": _embedded,
     "arc_challenge": _arc,
     "allenai/ai2_arc": _arc,
+    "hellaswag": _hellaswag,
+    "Rowan/hellaswag": _hellaswag,
+    "strategyqa": _strategyqa,
+    "ChilleD/StrategyQA": _strategyqa,
+    "math_mcqa": _math_mcqa,
+    "stellaathena/math_mcqa": _math_mcqa,
 }
 
 

@@ -223,3 +223,68 @@ def read_hub_rows(
         raise SplitNotFoundError(f"{hub_id} has no split {split!r}; available: {available}")
     label = f"{hub_id}[{split}]"
     return [RowSource(file=label, row=i + 1, data=dict(rec)) for i, rec in enumerate(table)]
+
+
+# ------------------------------------------------------------------------- field checks
+class RowFields:
+    """Typed access to one row's fields, for a task's ``parse_row``.
+
+    Every failed check raises :class:`DataError` with the row's file and number, so each task
+    states *what* it needs and the error wording stays the same across benchmarks.
+    """
+
+    def __init__(self, source: RowSource) -> None:
+        self.source = source
+        self.data = source.data
+
+    def error(self, reason: str) -> DataError:
+        """A :class:`DataError` for this row (to raise)."""
+        return DataError(self.source.file, self.source.row, reason)
+
+    def require(self, *keys: str) -> None:
+        """All ``keys`` are present and not null."""
+        missing = [key for key in keys if self.data.get(key) is None]
+        if missing:
+            raise self.error(f"missing required field(s): {', '.join(missing)}")
+
+    def text(self, key: str) -> str:
+        """A non-empty string field, stripped."""
+        value = self.data.get(key)
+        if value is None:
+            raise self.error(f"missing required field(s): {key}")
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(f"{key!r} must be a non-empty string")
+        return value.strip()
+
+    def texts(self, key: str, count: int | None = None) -> list[str]:
+        """A list of strings (exactly ``count`` of them when given), each stripped."""
+        value = self.data.get(key)
+        if value is None:
+            raise self.error(f"missing required field(s): {key}")
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise self.error(f"{key!r} must be a list of strings, got {_describe(value)}")
+        if count is not None and len(value) != count:
+            raise self.error(f"{key!r} must have {count} entries, got {len(value)}")
+        return [item.strip() for item in value]
+
+    def index(self, key: str, count: int) -> int:
+        """A 0-based position below ``count``: an int or a digit string (``3`` or ``"3"``)."""
+        value = self.data.get(key)
+        if value is None:
+            raise self.error(f"missing required field(s): {key}")
+        if isinstance(value, int) and not isinstance(value, bool):
+            position = value
+        elif isinstance(value, str) and value.strip().isdigit():
+            position = int(value.strip())
+        else:
+            raise self.error(f"{key!r} must be an index 0-{count - 1}, got {value!r}")
+        if not 0 <= position < count:
+            raise self.error(f"{key!r} must be an index 0-{count - 1}, got {value!r}")
+        return position
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, list):
+        kinds = sorted({type(item).__name__ for item in value})
+        return f"a list of {'/'.join(kinds)}" if kinds else "an empty list"
+    return type(value).__name__

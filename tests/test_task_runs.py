@@ -1,4 +1,4 @@
-"""A real 2-round SPEAR run on ARC-Challenge rows from ../shared/data with the embedded model."""
+"""Real 2-round SPEAR runs with the embedded model on the shared benchmark rows."""
 
 from __future__ import annotations
 
@@ -8,29 +8,37 @@ import pytest
 
 from spearfl.config import load_config
 
+RUNS = {
+    "arc_challenge": ("arc_challenge", "letter_loglik"),
+    "hellaswag": ("hellaswag", "letter_loglik"),
+    "strategyqa": ("strategy_qa", "generative"),
+}
+
 
 @pytest.mark.slow
-def test_two_round_arc_run_with_embedded_model(shared_data, tmp_path):
+@pytest.mark.parametrize("dataset", sorted(RUNS))
+def test_two_round_run_with_embedded_model(dataset, shared_data, tmp_path):
     from spearfl.federation.simulation import simulate
 
-    run_dir = tmp_path / "arc"
+    folder, method = RUNS[dataset]
+    run_dir = tmp_path / dataset
     cfg = load_config(
         None,
         [
-            "data.dataset=arc_challenge",
-            f"data.path={shared_data / 'arc_challenge'}",
+            f"data.dataset={dataset}",
+            f"data.path={shared_data / folder}",
             "data.num_clients=4",
-            "data.max_eval_examples=32",
+            "data.max_eval_examples=24",
             "data.eval_every=1",
             "fl.rounds=2",
             "fl.clients_per_round=2",
             "fl.local_rollout_steps=4",
             "fl.local_train_steps=1",
-            "gen.max_new_tokens_y0=4",
-            "gen.max_new_tokens_y1=4",
+            "gen.max_new_tokens_y0=8",
+            "gen.max_new_tokens_y1=8",
             "gen.num_revisions=1",
             "gen.rollout_batch_size=4",
-            "gen.eval_batch_size=16",
+            "gen.eval_batch_size=12",
             "optim.batch_size=2",
             "optim.lr=1e-4",
             "lora.last_n_layers=2",
@@ -41,8 +49,8 @@ def test_two_round_arc_run_with_embedded_model(shared_data, tmp_path):
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     assert [h["round"] for h in history] == [0, 1, 2]
     for entry in history:
-        assert entry["eval"]["method"] == "letter_loglik"
-        assert entry["eval"]["n"] == 32
+        assert entry["eval"]["method"] == method
+        assert entry["eval"]["n"] == 24
         assert 0.0 <= entry["eval"]["accuracy"] <= 1.0
     for entry in history[1:]:
         assert len(entry["clients"]) == 2
