@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from spearfl.algorithms.base import ClientAlgorithm
+from spearfl.algorithms.feedback_sft import FeedbackSFTUpdate
+from spearfl.algorithms.grpo import GRPOUpdate
+from spearfl.algorithms.opsd import OPSDUpdate
+from spearfl.algorithms.rltf_sd import RLTFSDUpdate
 from spearfl.algorithms.spear import SpearUpdate
 from spearfl.config import Config
 from spearfl.feedback.base import FeedbackProvider
@@ -11,6 +15,10 @@ from spearfl.tasks.base import Task
 
 ALGORITHMS: dict[str, type[ClientAlgorithm]] = {
     "spear": SpearUpdate,
+    "grpo": GRPOUpdate,
+    "rltf_sd": RLTFSDUpdate,
+    "feedback_sft": FeedbackSFTUpdate,
+    "opsd": OPSDUpdate,
 }
 
 

@@ -1,4 +1,5 @@
-"""``spearfl`` command line: ``spearfl run [CONFIG] [--set section.key=value ...]``."""
+"""``spearfl`` command line: ``spearfl run [CONFIG] [--set section.key=value ...]`` and
+``spearfl compare [CONFIG] --algorithms spear,grpo,... [--set ...]``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from spearfl.cli.compare import add_parser as add_compare_parser
 from spearfl.config import ConfigError, load_config
 
 DEFAULT_CONFIG = "embedded.yaml"
@@ -68,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output-dir", help="run directory (overrides output_dir)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run's history")
     run.set_defaults(func=_run)
+    add_compare_parser(sub)
     return parser
 
 

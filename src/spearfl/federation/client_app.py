@@ -8,9 +8,11 @@ the run's configuration, and the reply carries the new adapter, ``n_eff`` and th
 from __future__ import annotations
 
 import logging
+import resource
+import sys
 import time
 
-import torch  # noqa: F401  (flwr converts ArrayRecords only when torch is already imported)
+import torch  # flwr converts ArrayRecords only when torch is already imported
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -37,6 +39,19 @@ def client_id_of(context: Context) -> int:
         ) from None
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (base model and earlier rounds
+    included: a client process is reused across rounds)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports kilobytes, macOS bytes.
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def tensor_bytes(state: dict[str, torch.Tensor]) -> int:
+    """Bytes of the tensors' data: what an adapter costs on the wire, one way."""
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
 @app.query()
 def identify(msg: Message, context: Context) -> Message:
     reply = ConfigRecord({"client_id": client_id_of(context)})
@@ -58,5 +73,7 @@ def train(msg: Message, context: Context) -> Message:
     metrics["client_seconds"] = time.perf_counter() - started
     metrics["client_id"] = float(client_id)
     state = {k: v.detach().to("cpu").contiguous() for k, v in result.adapter.items()}
+    metrics["adapter_bytes"] = float(tensor_bytes(state))
+    metrics["peak_rss_mb"] = peak_rss_mb()
     content = RecordDict({ADAPTER: ArrayRecord(state), METRICS: MetricRecord(metrics)})
     return Message(content, reply_to=msg)

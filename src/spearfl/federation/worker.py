@@ -42,6 +42,15 @@ def shared_policy(cfg: Config) -> Policy:
     return _POLICIES[key]
 
 
+def forget_policy() -> None:
+    """Drop the process's policy, so the next run starts from a freshly initialised adapter.
+
+    The server keeps its policy between runs in one process; without this a second run (as
+    ``spearfl compare`` makes) would start from the adapter the first one ended with.
+    """
+    _POLICIES.clear()
+
+
 def client_partitions(cfg: Config, data: TaskData) -> list[list[int]]:
     d = cfg.data
     return dirichlet_partition(

@@ -127,6 +127,19 @@ class Task(ABC):
     def oracle_hint(self, example: Example, completion: str) -> str:
         """A hint for a wrong completion that helps without containing the answer."""
 
+    # ------------------------------------------------------- privileged text
+    def privileged_text(self, example: Example) -> str:
+        """Ground truth an OPSD teacher reads before the question (SPEC §4); never shown to SPEAR.
+
+        Default: the gold answer, with its option text for letter tasks. Tasks whose rows carry
+        more (solutions, facts) override this and put the answer first, so cutting the text to
+        ``distill.priv_max_chars`` never drops it.
+        """
+        if example.gold in LETTERS[: len(example.options)]:
+            option = example.options[example.gold_index].strip()
+            return f"The correct answer is {example.gold}: {option}"
+        return example.gold
+
     # ----------------------------------------------------------- evaluation
     def candidates(self, example: Example) -> list[str]:
         """Continuations scored by log-likelihood evaluation (letters, or option texts)."""

@@ -157,6 +157,13 @@ class MathMCQATask(DatasetTask, LetterChoiceTask):
                 break
         return kept
 
+    def privileged_text(self, example: Example) -> str:
+        """The answer, then the worked solution (OPSD's teacher context; the answer first
+        survives a cut)."""
+        solution = example.meta.get("solution", "").strip()
+        answer = super().privileged_text(example)
+        return f"{answer}\nSolution: {solution}" if solution else answer
+
     def oracle_hint(self, example: Example, completion: str) -> str:
         """Wrong + safe solution lines, else a partial option opening, + a format reminder.
 

@@ -130,6 +130,12 @@ class StrategyQATask(DatasetTask):
         wanted = max(1, len(facts) // 2) if facts else 0
         return [fact for fact in facts if not declares_answer(fact)][:wanted]
 
+    def privileged_text(self, example: Example) -> str:
+        """The answer, then every fact (OPSD's teacher context; the answer first survives a cut)."""
+        facts = "\n".join(f"- {fact}" for fact in example.meta.get("facts", ()))
+        answer = f"The answer is {example.gold}."
+        return f"{answer}\nFacts:\n{facts}" if facts else answer
+
     def oracle_hint(self, example: Example, completion: str) -> str:
         """Wrong + some facts + a format reminder; never declares an answer (module docstring)."""
         facts = self.hint_facts(example)

@@ -1,0 +1,85 @@
+"""GRPO baseline (SPEC §4): G sampled answers per prompt, group-relative advantages, PPO clip.
+
+Every micro-step draws fresh prompts, samples G completions each with the current adapter,
+rewards them 1/0, and takes the clipped policy-gradient loss against the log-probs of the
+policy that sampled (computed right after generation, before any update), plus a k3-KL to the
+adapter received at the round's start. It is the G-generations-per-prompt cost SPEAR avoids.
+
+The sampling policy's log-probs (ratio denominator) and the reference's are taken without
+dropout; the gradient pass runs in train mode, as SPEAR's does. Each sample batch gets one
+update, so with ``lora.dropout = 0`` the ratio is exactly 1 and the objective is the plain
+group-relative policy gradient; with dropout the ratio carries dropout noise, which the clip
+bounds. Until the first optimiser step the adapter *is* the reference, so the reference
+log-probs are the sampling ones and no adapter swap is made.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import torch
+
+from spearfl.algorithms.policy_gradient import (
+    OnlineRLUpdate,
+    RoundState,
+    clipped_terms,
+    group_advantages,
+    k3_terms,
+    reference_sequence_logprobs,
+    scored_row,
+    sequence_logprobs,
+)
+from spearfl.algorithms.rollout import sample_prompts
+
+
+def grpo_rewards(correct: Sequence[bool], scale: float, clip: float | None) -> torch.Tensor:
+    """1/0 correctness times ``reward_scale``, clipped to ±``reward_clip`` when set."""
+    rewards = torch.tensor([float(c) for c in correct], dtype=torch.float32) * scale
+    return rewards.clamp(-clip, clip) if clip is not None else rewards
+
+
+class GRPOUpdate(OnlineRLUpdate):
+    name = "grpo"
+
+    def micro_step(self, state: RoundState, scale: float) -> float:
+        cfg, policy = self.cfg.grpo, self.policy
+        micro = self.cfg.optim.micro_batch_size
+        group = cfg.num_generations
+
+        started = time.perf_counter()
+        chosen = sample_prompts(state.examples, self.cfg.optim.batch_size, state.rng)
+        prompts = [p for p in self.encode_prompts(chosen) for _ in range(group)]
+        outs = state.generator(prompts, self.cfg.gen.max_new_tokens_y0)
+        correct = [self.provider.check(chosen[i // group], o.text) for i, o in enumerate(outs)]
+        rewards = grpo_rewards(correct, cfg.reward_scale, cfg.reward_clip)
+        state.rollout_seconds += time.perf_counter() - started
+
+        n_right = sum(correct)
+        state.counts.update(
+            num_rollouts=len(outs),
+            y0_correct=n_right,
+            wins=n_right,
+            losses=len(outs) - n_right,
+            reward_sum=float(rewards.sum()),
+        )
+        advantages = group_advantages(rewards.view(len(chosen), group), cfg.normalize_advantage)
+        advantages = advantages.flatten().to(policy.device)
+        rows = [scored_row(p, o, policy.eos_id) for p, o in zip(prompts, outs)]
+        # The sampling policy's log-probs: the ratio's denominator, fixed before the step.
+        old = sequence_logprobs(policy, rows, micro)
+        ref = None
+        if cfg.beta_kl > 0:
+            ref = (
+                old
+                if state.at_reference
+                else reference_sequence_logprobs(policy, state.reference, rows, micro)
+            )
+
+        def row_loss(logp: torch.Tensor, part: slice) -> torch.Tensor:
+            loss = clipped_terms(logp, old[part], advantages[part], cfg.clip_range)
+            if ref is not None:
+                loss = loss + cfg.beta_kl * k3_terms(logp, ref[part])
+            return loss / len(rows)  # the mean over the micro-batch's sequences
+
+        return self.backward_rows(rows, row_loss, scale)

@@ -1,0 +1,165 @@
+"""OPSD baseline, On-Policy Self-Distillation (SPEC §4).
+
+The student answers each sampled prompt once, as SPEAR's first attempt does. The teacher is the
+same model with the current adapter, run without gradient, reading the task's privileged text
+(gold answer, solution, facts) in a "Reference:" paragraph before the question. Each micro-step
+pulls the student's next-token distributions on its own completions towards the teacher's:
+token-level KL(teacher ‖ student) at temperature T, scaled by T². This is what SPEAR avoids:
+ground truth in the model's context.
+
+``n_eff`` is the number of rollouts: every completion carries a distillation signal, right or
+wrong, so there is no analogue of SPEAR's win count.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from spearfl.algorithms.base import ClientAlgorithm, ClientUpdateResult, RoundContext
+from spearfl.algorithms.losses import anchor_loss
+from spearfl.algorithms.rollout import Generator, Trace, sample_prompts
+from spearfl.algorithms.scoring import build_batch, completion_logits
+from spearfl.algorithms.training import round_lr, run_local_steps, sample_batch
+from spearfl.tasks.base import Example, Message
+
+REFERENCE_LABEL = "Reference:"
+
+
+def distill_kl(
+    teacher_logits: torch.Tensor,
+    student_logits: torch.Tensor,
+    mask: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """Mean over masked tokens of KL(softmax(t/T) ‖ softmax(s/T)), times T².
+
+    Logits are ``[B, K, V]``, the mask ``[B, K]``. The T² factor keeps gradient sizes comparable
+    across temperatures (Hinton et al.). An all-zero mask gives a zero that still back-propagates.
+    """
+    t = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    s = torch.log_softmax(student_logits.float() / temperature, dim=-1)
+    per_token = (t.exp() * (t - s)).sum(-1)
+    mask = mask.to(per_token.dtype)
+    return (per_token * mask).sum() / mask.sum().clamp(min=1.0) * temperature**2
+
+
+def with_reference(messages: Sequence[Message], privileged: str) -> list[Message]:
+    """``messages`` with a "Reference: …" paragraph opening the last user turn."""
+    convo = [dict(m) for m in messages]
+    last = max(i for i, m in enumerate(convo) if m["role"] == "user")
+    convo[last]["content"] = f"{REFERENCE_LABEL} {privileged}\n\n{convo[last]['content']}"
+    return convo
+
+
+class OPSDUpdate(ClientAlgorithm):
+    """One sampled answer per prompt, then self-distillation from the privileged teacher."""
+
+    name = "opsd"
+
+    def teacher_prompt(self, example: Example) -> list[int]:
+        """The student's prompt with the privileged text (cut to ``priv_max_chars``) added."""
+        privileged = self.task.privileged_text(example)[: self.cfg.distill.priv_max_chars]
+        messages = with_reference(self.task.messages(example), privileged)
+        return self.policy.encode(messages, self.task.assistant_prefix(example))
+
+    def micro_step_fn(
+        self,
+        traces: Sequence[Trace],
+        teacher_prompts: Sequence[Sequence[int]],
+        reference: Mapping[str, torch.Tensor],
+        rng: random.Random,
+    ):
+        """One micro-step: KL on ``batch_size`` sampled rollouts (``micro_batch_size`` chunks)."""
+        policy, d = self.policy, self.cfg.distill
+        bs = self.cfg.optim.batch_size
+        micro = self.cfg.optim.micro_batch_size or bs
+        params = policy.trainable()
+        pad = policy.tokenizer.pad_token_id
+
+        def step(scale: float) -> float:
+            idx = sample_batch(range(len(traces)), bs, rng)
+            # Token count of the whole micro-batch, so chunking keeps the same maths.
+            n_tokens = sum(len(traces[i].completion_ids) for i in idx)
+            total = 0.0
+            for start in range(0, len(idx), micro):
+                chunk = idx[start : start + micro]
+                student = build_batch(
+                    [(traces[i].prompt_ids, traces[i].completion_ids) for i in chunk],
+                    pad,
+                    policy.device,
+                )
+                teacher = build_batch(
+                    [(teacher_prompts[i], traces[i].completion_ids) for i in chunk],
+                    pad,
+                    policy.device,
+                )
+                # The teacher is the current model without dropout and without gradient.
+                policy.model.eval()
+                with torch.no_grad():
+                    t_logits = completion_logits(policy.model, teacher)
+                policy.model.train()
+                s_logits = completion_logits(policy.model, student)
+                part = distill_kl(t_logits, s_logits, student.target_mask, d.temperature)
+                loss = d.kl_weight * part * float(student.target_mask.sum()) / max(1, n_tokens)
+                if start == 0 and d.anchor_weight > 0:
+                    loss = loss + d.anchor_weight * anchor_loss(params, reference)
+                (loss * scale).backward()
+                total += float(loss.detach())
+            return total
+
+        return step
+
+    def update(
+        self,
+        global_adapter: dict[str, torch.Tensor],
+        examples: Sequence[Example],
+        ctx: RoundContext,
+    ) -> ClientUpdateResult:
+        policy, task = self.policy, self.task
+        policy.set_adapter(global_adapter)
+        started = time.perf_counter()
+        chosen = sample_prompts(examples, self.cfg.fl.local_rollout_steps, ctx.rng("prompts"))
+        generator = Generator(policy, self.cfg.gen)
+        prompts = [policy.encode(task.messages(ex), task.assistant_prefix(ex)) for ex in chosen]
+        outs = generator(prompts, self.cfg.gen.max_new_tokens_y0)
+        correct = [self.provider.check(ex, out.text) for ex, out in zip(chosen, outs)]
+        # A completion that stopped by itself keeps its EOS: the stop decision is distilled too.
+        eos = (policy.eos_id,)
+        traces = [
+            Trace(ex, tuple(p), (*out.completion_ids, *(eos if out.finished else ())), out.text)
+            for ex, p, out in zip(chosen, prompts, outs)
+        ]
+        n = len(traces)
+        lr = round_lr(self.cfg, ctx.round_num, ctx.total_rounds)
+        metrics: dict[str, float] = {
+            "num_rollouts": n,
+            "y0_correct": sum(correct),
+            "y0_accuracy": sum(correct) / max(1, n),
+            "wins": sum(correct),
+            "losses": n - sum(correct),
+            "tokens_generated": generator.tokens,
+            "rollout_seconds": time.perf_counter() - started,
+            "lr": lr,
+        }
+        if not traces:
+            metrics.update(train_seconds=0.0, steps=0, skipped_steps=0, trained=0, mean_loss=0.0)
+            return ClientUpdateResult(global_adapter, 0.0, metrics)
+
+        started = time.perf_counter()
+        teacher_prompts = [self.teacher_prompt(t.example) for t in traces]
+        step = self.micro_step_fn(traces, teacher_prompts, global_adapter, ctx.rng("batches"))
+        policy.model.train()
+        stats = run_local_steps(policy.trainable(), lr=lr, cfg=self.cfg, micro_step=step)
+        policy.model.eval()
+        metrics.update(
+            mean_loss=sum(stats.losses) / len(stats.losses) if stats.losses else 0.0,
+            steps=stats.steps,
+            skipped_steps=stats.skipped,
+            train_seconds=time.perf_counter() - started,
+            trained=1,
+        )
+        return ClientUpdateResult(policy.get_adapter(), float(n), metrics)

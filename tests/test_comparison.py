@@ -1,0 +1,266 @@
+"""``spearfl compare`` and its report, on hand-made run directories with known numbers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import spearfl.federation.simulation as simulation
+from spearfl.cli.main import main
+from spearfl.reporting.comparison import (
+    COMPARISON_MD,
+    COMPARISON_PNG,
+    TABLE_COLUMNS,
+    load_run,
+    ratio_line,
+    table_rows,
+    write_comparison,
+)
+from spearfl.reporting.history import HistoryWriter, write_summary
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _client(tokens: int, rollout: float, train: float, rss: float) -> dict[str, float]:
+    return {
+        "tokens_generated": tokens,
+        "rollout_seconds": rollout,
+        "train_seconds": train,
+        "peak_rss_mb": rss,
+        "adapter_bytes": 1000.0,
+        "n_eff": 1.0,
+    }
+
+
+def _entry(round_num: int, clients: dict[str, dict], accuracy: float | None) -> dict[str, Any]:
+    ev = None if accuracy is None else {"accuracy": accuracy, "n": 40, "method": "letter_loglik"}
+    return {"round": round_num, "clients": sorted(clients), "client_metrics": clients, "eval": ev}
+
+
+def _write_run(run_dir: Path, history: list[dict[str, Any]], summary: dict[str, Any]) -> Path:
+    writer = HistoryWriter(run_dir)
+    for entry in history:
+        writer.append(entry)
+    write_summary(run_dir, summary)
+    return run_dir
+
+
+def _spear(run_dir: Path) -> Path:
+    """3 rounds, 1,200 tokens (400 a round), eval at rounds 0, 1 and 3."""
+    history = [
+        _entry(0, {}, 0.25),
+        _entry(1, {"0": _client(300, 1.5, 2.0, 800), "1": _client(100, 0.5, 1.0, 750)}, 0.5),
+        _entry(2, {"0": _client(400, 2.0, 1.0, 820)}, None),
+        _entry(3, {"1": _client(400, 1.0, 1.5, 790)}, 0.6),
+    ]
+    summary = {
+        "initial_accuracy": 0.25,
+        "final_accuracy": 0.6,
+        "best_accuracy": 0.6,
+        "best_round": 3,
+        "rounds_completed": 3,
+        "wall_seconds": 30.25,
+    }
+    return _write_run(run_dir, history, summary)
+
+
+def _grpo(run_dir: Path) -> Path:
+    """3 rounds, 4,800 tokens (1,600 a round), best accuracy at round 2."""
+    history = [
+        _entry(0, {}, 0.25),
+        _entry(1, {"0": _client(800, 6.0, 4.0, 990), "2": _client(800, 6.0, 4.0, 1000)}, 0.45),
+        _entry(2, {"2": _client(1600, 12.0, 8.0, 1000)}, 0.57),
+        _entry(3, {"1": _client(1600, 11.5, 7.5, 960)}, 0.55),
+    ]
+    summary = {
+        "initial_accuracy": 0.25,
+        "final_accuracy": 0.55,
+        "best_accuracy": 0.57,
+        "best_round": 2,
+        "rounds_completed": 3,
+        "wall_seconds": 120.0,
+    }
+    return _write_run(run_dir, history, summary)
+
+
+def test_load_run_sums_client_costs_and_tracks_cumulative_tokens(tmp_path):
+    stats = load_run("spear", _spear(tmp_path / "spear"))
+    assert stats.tokens == 1200 and stats.tokens_per_round == 400.0
+    assert (stats.rollout_seconds, stats.train_seconds, stats.wall_seconds) == (5.0, 5.5, 30.25)
+    assert stats.peak_rss_mb == 820.0
+    assert stats.bytes_per_client_round == 2000.0  # adapter down + adapter up
+    assert stats.curve == ((0, 0.25, 0), (1, 0.5, 400), (3, 0.6, 1200))
+
+
+def test_table_and_ratio_line_from_two_runs(tmp_path):
+    runs = {"spear": _spear(tmp_path / "spear"), "grpo": _grpo(tmp_path / "grpo")}
+    md, png = write_comparison(runs, tmp_path, note="Config: test.")
+    assert md == tmp_path / COMPARISON_MD and png == tmp_path / COMPARISON_PNG
+    assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 5000
+
+    stats = [load_run(name, folder) for name, folder in runs.items()]
+    spear, grpo = table_rows(stats)
+    assert spear == {
+        "algorithm": "spear",
+        "initial acc": "0.250",
+        "final acc": "0.600",
+        "best acc": "0.600",
+        "rounds": "3",
+        "tokens": "1,200",
+        "tokens/round": "400",
+        "rollout s": "5.0",
+        "train s": "5.5",
+        "total s": "30.2",
+        "peak client MB": "820",
+        "bytes/client/round": "2,000",
+    }
+    assert [grpo[c] for c in TABLE_COLUMNS] == [
+        "grpo", "0.250", "0.550", "0.570", "3", "4,800", "1,600",
+        "35.5", "23.5", "120.0", "1,000", "2,000",
+    ]  # fmt: skip
+    expected_ratio = (
+        "SPEAR vs GRPO: tokens per round 0.25× (400 vs 1,600); "
+        "final accuracy +0.050 (0.600 vs 0.550); "
+        "peak client memory 0.82× (820 vs 1,000 MB)."
+    )
+    assert ratio_line(stats) == expected_ratio
+
+    text = md.read_text(encoding="utf-8")
+    assert "Config: test." in text
+    assert "| " + " | ".join(TABLE_COLUMNS) + " |" in text
+    assert (
+        "| spear | 0.250 | 0.600 | 0.600 | 3 | 1,200 | 400 | 5.0 | 5.5 | 30.2 | 820 | 2,000 |"
+        in text
+    )
+    assert "| grpo | 0.250 | 0.550 | 0.570 | 3 | 4,800 | 1,600 |" in text
+    assert expected_ratio in text
+
+
+def test_no_ratio_line_without_both_spear_and_grpo(tmp_path):
+    md, _ = write_comparison({"spear": _spear(tmp_path / "spear")}, tmp_path)
+    assert "SPEAR vs GRPO" not in md.read_text(encoding="utf-8")
+    assert ratio_line([load_run("spear", tmp_path / "spear")]) is None
+
+
+def test_unfinished_run_is_reported_from_its_history(tmp_path):
+    run_dir = _spear(tmp_path / "spear")
+    (run_dir / "summary.json").unlink()
+    (row,) = table_rows([load_run("spear", run_dir)])
+    assert (row["final acc"], row["best acc"], row["rounds"]) == ("0.600", "0.600", "3")
+    assert row["total s"] == "-"
+
+
+# ----------------------------------------------------------------------- the CLI
+@pytest.fixture
+def fake_simulate(monkeypatch) -> list[tuple[str, Path]]:
+    """Replaces the simulation with one that writes a small finished run; records its calls."""
+    calls: list[tuple[str, Path]] = []
+
+    def simulate(cfg, run_dir, observer=None):
+        calls.append((cfg.algorithm.name, Path(run_dir)))
+        assert Path(cfg.output_dir) == Path(run_dir)
+        _spear(Path(run_dir))
+        return {}
+
+    monkeypatch.setattr(simulation, "simulate", simulate)
+    return calls
+
+
+def test_compare_rejects_unknown_algorithm_before_running(tmp_path, capsys, fake_simulate):
+    out = tmp_path / "cmp"
+    code = main(["compare", "--algorithms", "spear,nope", "--output-dir", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "nope" in err and "known: " in err
+    assert "spear" in err and "feedback_sft" in err and "opsd" in err
+    assert fake_simulate == [] and not out.exists()
+
+
+def test_compare_config_error_is_reported_like_run(tmp_path, capsys, fake_simulate):
+    out = tmp_path / "cmp"
+    code = main(
+        ["compare", "--algorithms", "spear", "--set", "spear.lamda_win=1", "--output-dir", str(out)]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("spearfl: config error:") and "spear.lamda_win" in err
+    assert fake_simulate == [] and not out.exists()
+
+
+def test_compare_runs_each_algorithm_once_and_resumes(tmp_path, capsys, fake_simulate):
+    out = tmp_path / "cmp"
+    _grpo(out / "feedback_sft")  # finished earlier: kept as it is
+    (out / "opsd").mkdir(parents=True)
+    (out / "opsd" / "history.jsonl").write_text('{"round": 0}\n')  # cut off midway: rerun
+    args = ["compare", "--algorithms", "spear, opsd,feedback_sft,spear", "--output-dir", str(out)]
+    assert main([*args, "--set", "fl.rounds=3"]) == 0
+    assert fake_simulate == [("spear", out / "spear"), ("opsd", out / "opsd")]
+    text = (out / COMPARISON_MD).read_text(encoding="utf-8")
+    assert text.index("| spear |") < text.index("| opsd |") < text.index("| feedback_sft |")
+    assert "| feedback_sft | 0.250 | 0.550 | 0.570 |" in text
+    assert (out / COMPARISON_PNG).read_bytes()[:8] == PNG_MAGIC
+
+    fake_simulate.clear()
+    assert main(args) == 0  # everything finished: nothing runs again
+    assert fake_simulate == []
+    assert "already finished" in capsys.readouterr().out
+
+
+def _adapter(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+@pytest.mark.slow
+def test_compare_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path):
+    """Two real runs in one process start from the same adapter and report their costs."""
+    out = tmp_path / "cmp"
+    sets = [
+        f"model.model_name={tiny_model_dir}",
+        "data.num_clients=3",
+        "fl.clients_per_round=2",
+        "fl.rounds=1",
+        "fl.local_rollout_steps=4",
+        "fl.local_train_steps=1",
+        "gen.max_new_tokens_y0=4",
+        "gen.max_new_tokens_y1=4",
+        "gen.num_revisions=1",
+        "data.num_train_examples=120",
+        "data.num_eval_examples=16",
+        "data.min_examples_per_client=5",
+        "optim.batch_size=2",
+        "lora.last_n_layers=1",
+        "lora.r=4",
+    ]
+    args = ["compare", "--algorithms", "opsd,spear", "--output-dir", str(out)]
+    for item in sets:
+        args += ["--set", item]
+    assert main(args) == 0
+    histories = {
+        name: [json.loads(line) for line in (out / name / "history.jsonl").read_text().splitlines()]
+        for name in ("opsd", "spear")
+    }
+    drop_time = [
+        {k: v for k, v in h[0]["eval"].items() if k != "seconds"} for h in histories.values()
+    ]
+    assert drop_time[0] == drop_time[1]
+    # The second run starts from the same initial adapter, not from where the first one ended.
+    opsd_start = _adapter(out / "opsd" / "adapters" / "round_0000")
+    opsd_end = _adapter(out / "opsd" / "adapters" / "final")
+    spear_start = _adapter(out / "spear" / "adapters" / "round_0000")
+    assert opsd_start.keys() == spear_start.keys() and opsd_start
+    assert all(torch.equal(opsd_start[k], spear_start[k]) for k in opsd_start)
+    assert not all(torch.equal(opsd_start[k], opsd_end[k]) for k in opsd_start)
+    assert histories["opsd"][1]["clients"] == histories["spear"][1]["clients"]
+    for history in histories.values():
+        for metrics in history[1]["client_metrics"].values():
+            assert metrics["peak_rss_mb"] > 50
+            assert metrics["adapter_bytes"] > 0
+    rows = load_run("opsd", out / "opsd"), load_run("spear", out / "spear")
+    assert rows[0].adapter_bytes == rows[1].adapter_bytes
+    assert (out / COMPARISON_MD).is_file() and (out / COMPARISON_PNG).is_file()
