@@ -27,7 +27,7 @@ class RichObserver(RoundObserver):
         self.wins = self.losses = 0
         self.last_acc: float | None = None
         self.progress.start()
-        self.console.print(" | ".join(COLUMNS))
+        self.console.print(" | ".join(COLUMNS), soft_wrap=True)
 
     def _describe(self) -> str:
         acc = "-" if self.last_acc is None else f"{self.last_acc:.3f}"
@@ -63,7 +63,7 @@ class RichObserver(RoundObserver):
             self.progress.advance(self.rounds)
         self.progress.update(self.rounds, description=self._describe())
         row = format_round_row(entry)
-        self.console.print(" | ".join(row[c] for c in COLUMNS))
+        self.console.print(" | ".join(row[c] for c in COLUMNS), soft_wrap=True)
 
     def close(self) -> None:
         self.progress.stop()
