@@ -8,6 +8,7 @@ import random
 import pytest
 import torch
 
+from helpers import ParityTask, spy_generate
 from spearfl.algorithms.base import RoundContext
 from spearfl.algorithms.grpo import GRPOUpdate, grpo_rewards
 from spearfl.algorithms.policy_gradient import (
@@ -24,7 +25,6 @@ from spearfl.algorithms.rollout import Generator
 from spearfl.algorithms.scoring import build_batch, completion_logprobs
 from spearfl.config import GenConfig, load_config
 from spearfl.feedback.oracle import OracleFeedback
-from spearfl.tasks.embedded import EmbeddedCategoryTask
 
 
 # ---------------------------------------------------------------- advantages
@@ -114,13 +114,6 @@ def test_registered():
 
 
 # ----------------------------------------------------------- on a tiny model
-class ParityTask(EmbeddedCategoryTask):
-    """Right when the completion's text has an even length: mixed groups, deterministic."""
-
-    def is_correct(self, example, completion):
-        return len(completion) % 2 == 0
-
-
 def _config(model_dir, *extra: str):
     return load_config(
         None,
@@ -142,20 +135,6 @@ def _config(model_dir, *extra: str):
             *extra,
         ],
     )
-
-
-def _spy_generate(policy):
-    """Wrap ``policy.generate``: record each call's settings and count generated tokens."""
-    calls: list[dict] = []
-    real = policy.generate
-
-    def spy(prompts, **kwargs):
-        outs = real(prompts, **kwargs)
-        calls.append({**kwargs, "n": len(prompts), "tokens": sum(o.num_generated for o in outs)})
-        return outs
-
-    policy.generate = spy
-    return calls
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +178,7 @@ def test_grpo_update_one_round(tiny_model_dir, parity):
     cfg = _config(tiny_model_dir, "grpo.num_generations=4")
     policy = Policy.from_config(cfg)
     received = policy.get_adapter()
-    calls = _spy_generate(policy)
+    calls = spy_generate(policy)
     torch.manual_seed(0)
     result = GRPOUpdate(cfg, policy, task, OracleFeedback(task)).update(
         received, examples, RoundContext(1, 2, 0, 42)

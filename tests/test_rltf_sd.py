@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
+from helpers import ParityTask, spy_generate
 from spearfl.algorithms.base import RoundContext
 from spearfl.algorithms.policy_gradient import k3_terms
 from spearfl.algorithms.registry import ALGORITHMS
 from spearfl.algorithms.rltf_sd import RLTFSDUpdate, rltf_advantages, rltf_row_weights
 from spearfl.config import load_config
 from spearfl.feedback.oracle import OracleFeedback
-from spearfl.tasks.embedded import EmbeddedCategoryTask
 
 T, F = True, False
 
@@ -117,13 +117,6 @@ def test_registered():
 
 
 # ----------------------------------------------------------- on a tiny model
-class ParityTask(EmbeddedCategoryTask):
-    """Right when the completion's text has an even length: mixed groups, deterministic."""
-
-    def is_correct(self, example, completion):
-        return len(completion) % 2 == 0
-
-
 class CountingOracle(OracleFeedback):
     def __init__(self, task):
         super().__init__(task)
@@ -154,19 +147,6 @@ def _config(model_dir, *extra: str):
     )
 
 
-def _spy_generate(policy):
-    calls: list[dict] = []
-    real = policy.generate
-
-    def spy(prompts, **kwargs):
-        outs = real(prompts, **kwargs)
-        calls.append({**kwargs, "n": len(prompts), "tokens": sum(o.num_generated for o in outs)})
-        return outs
-
-    policy.generate = spy
-    return calls
-
-
 @pytest.fixture(scope="module")
 def parity():
     task = ParityTask(seed=42, num_train_examples=60, num_eval_examples=8)
@@ -181,7 +161,7 @@ def test_rltf_sd_update_one_round(tiny_model_dir, parity):
     cfg = _config(tiny_model_dir, "fl.local_train_steps=2")
     policy = Policy.from_config(cfg)
     received = policy.get_adapter()
-    calls = _spy_generate(policy)
+    calls = spy_generate(policy)
     oracle = CountingOracle(task)
     torch.manual_seed(0)
     result = RLTFSDUpdate(cfg, policy, task, oracle).update(
