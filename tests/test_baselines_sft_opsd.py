@@ -336,6 +336,7 @@ def test_opsd_update_metrics_and_weight(tiny_model_dir, policy):
     assert m["wins"] + m["losses"] == 4 and m["wins"] == m["y0_correct"]
     assert m["y0_accuracy"] == m["wins"] / 4
     assert 4 <= m["tokens_generated"] <= 4 * 4
+    assert m["completions_generated"] == 4
     assert m["rollout_seconds"] > 0 and m["train_seconds"] > 0
     assert m["steps"] + m["skipped_steps"] == 2 and m["trained"] == 1
     assert m["mean_loss"] >= 0 and m["lr"] > 0

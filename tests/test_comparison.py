@@ -28,6 +28,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def _client(tokens: int, rollout: float, train: float, rss: float) -> dict[str, float]:
     return {
         "tokens_generated": tokens,
+        "completions_generated": tokens // 4,
         "rollout_seconds": rollout,
         "train_seconds": train,
         "peak_rss_mb": rss,
@@ -90,6 +91,7 @@ def _grpo(run_dir: Path) -> Path:
 def test_load_run_sums_client_costs_and_tracks_cumulative_tokens(tmp_path):
     stats = load_run("spear", _spear(tmp_path / "spear"))
     assert stats.tokens == 1200 and stats.tokens_per_round == 400.0
+    assert stats.completions == 300 and stats.completions_per_round == 100.0
     assert (stats.rollout_seconds, stats.train_seconds, stats.wall_seconds) == (5.0, 5.5, 30.25)
     assert stats.peak_rss_mb == 820.0
     assert stats.bytes_per_client_round == 2000.0  # adapter down + adapter up
@@ -112,6 +114,7 @@ def test_table_and_ratio_line_from_two_runs(tmp_path):
         "rounds": "3",
         "tokens": "1,200",
         "tokens/round": "400",
+        "completions/round": "100",
         "rollout s": "5.0",
         "train s": "5.5",
         "total s": "30.2",
@@ -119,11 +122,12 @@ def test_table_and_ratio_line_from_two_runs(tmp_path):
         "bytes/client/round": "2,000",
     }
     assert [grpo[c] for c in TABLE_COLUMNS] == [
-        "grpo", "0.250", "0.550", "0.570", "3", "4,800", "1,600",
+        "grpo", "0.250", "0.550", "0.570", "3", "4,800", "1,600", "400",
         "35.5", "23.5", "120.0", "1,000", "2,000",
     ]  # fmt: skip
     expected_ratio = (
         "SPEAR vs GRPO: tokens per round 0.25× (400 vs 1,600); "
+        "completions per round 0.25× (100 vs 400); "
         "final accuracy +0.050 (0.600 vs 0.550); "
         "peak client memory 0.82× (820 vs 1,000 MB)."
     )
@@ -133,8 +137,8 @@ def test_table_and_ratio_line_from_two_runs(tmp_path):
     assert "Config: test." in text
     assert "| " + " | ".join(TABLE_COLUMNS) + " |" in text
     assert (
-        "| spear | 0.250 | 0.600 | 0.600 | 3 | 1,200 | 400 | 5.0 | 5.5 | 30.2 | 820 | 2,000 |"
-        in text
+        "| spear | 0.250 | 0.600 | 0.600 | 3 | 1,200 | 400 | 100 | 5.0 | 5.5 | 30.2 | 820 "
+        "| 2,000 |" in text
     )
     assert "| grpo | 0.250 | 0.550 | 0.570 | 3 | 4,800 | 1,600 |" in text
     assert expected_ratio in text

@@ -193,6 +193,7 @@ def test_grpo_update_one_round(tiny_model_dir, parity):
     assert all(c["n"] == 8 and c["do_sample"] and c["temperature"] == 0.7 for c in calls)
     assert all(c["max_new_tokens"] == 4 for c in calls)
     assert m["tokens_generated"] == sum(c["tokens"] for c in calls) > 0
+    assert m["completions_generated"] == m["num_rollouts"] == 32
     assert m["wins"] + m["losses"] == m["num_rollouts"]
     assert m["y0_accuracy"] == pytest.approx(m["wins"] / 32)
     assert m["mean_reward"] == pytest.approx(m["y0_accuracy"])  # reward_scale 1

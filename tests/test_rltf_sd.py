@@ -182,6 +182,7 @@ def test_rltf_sd_update_one_round(tiny_model_dir, parity):
     assert 0 <= m["revisions_successful"] <= m["revisions_attempted"]
     assert m["wins"] + m["losses"] == 12 + m["turn1_samples"]
     assert m["tokens_generated"] == sum(c["tokens"] for c in calls) > 0
+    assert m["completions_generated"] == 12 + m["turn1_samples"]
     assert m["steps"] == 2 and math.isfinite(m["mean_loss"])
     assert any(not torch.equal(result.adapter[k], received[k]) for k in received)
 

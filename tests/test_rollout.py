@@ -131,6 +131,7 @@ def test_fixed_on_second_revision():
     assert len(listed) == 2 and "dog" in listed and "red" not in listed
     # tokens: "car"+EOS, "red"+EOS, "dog"+EOS
     assert s["tokens_generated"] == 12
+    assert s["completions_generated"] == 3
     assert s["rollout_seconds"] > 0
 
 

@@ -142,6 +142,7 @@ class OPSDUpdate(ClientAlgorithm):
             "wins": sum(correct),
             "losses": n - sum(correct),
             "tokens_generated": generator.tokens,
+            "completions_generated": generator.completions,
             "rollout_seconds": time.perf_counter() - started,
             "lr": lr,
         }

@@ -253,6 +253,7 @@ class OnlineRLUpdate(ClientAlgorithm):
         metrics = {
             "num_rollouts": float(c["num_rollouts"]),
             "tokens_generated": float(state.generator.tokens),
+            "completions_generated": float(state.generator.completions),
             "rollout_seconds": state.rollout_seconds,
             "train_seconds": time.perf_counter() - start - state.rollout_seconds,
             "mean_reward": c["reward_sum"] / samples,

@@ -54,11 +54,12 @@ def sample_prompts(examples: Sequence[Example], count: int, rng: random.Random) 
 
 @dataclass
 class Generator:
-    """Generation settings bound to a policy, counting every token generated."""
+    """Generation settings bound to a policy, counting every completion and token generated."""
 
     policy: Policy
     gen: GenConfig
     tokens: int = 0
+    completions: int = 0
 
     def __call__(self, prompts: list[list[int]], max_new_tokens: int) -> list[Completion]:
         if not prompts:
@@ -72,6 +73,7 @@ class Generator:
             batch_size=self.gen.rollout_batch_size,
         )
         self.tokens += sum(o.num_generated for o in outs)
+        self.completions += len(outs)
         return outs
 
 
@@ -175,6 +177,7 @@ def self_play_rollout(
             )
 
     stats["tokens_generated"] = generator.tokens
+    stats["completions_generated"] = generator.completions
     stats["rollout_seconds"] = time.perf_counter() - start
     result.stats = stats
     return result
