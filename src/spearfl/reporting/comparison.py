@@ -212,13 +212,13 @@ def comparison_markdown(stats: Sequence[RunStats], note: str = "") -> str:
         lines += ["", ratio]
     lines += [
         "",
-        "Accuracies are the server's evaluations of the global adapter (initial: round 0; "
-        "best: over every evaluated round). Completions count every generated answer: first "
-        "answers, revisions and group samples. Tokens, completions, rollout and training "
-        "seconds are sums over every client update; total seconds is the run's wall-clock "
-        "time, evaluations and start-up included. Peak client MB is the largest peak resident memory a client "
-        "process reported (host memory, base model included). Bytes per client per round "
-        "count the adapter both ways: the global adapter down and the client's adapter up.",
+        "Accuracies are the server's evaluations of the global adapter (initial: round 0; best:"
+        " over every evaluated round). Completions count every generated answer: first answers,"
+        " revisions and group samples. Tokens, completions, rollout and training seconds are "
+        "sums over every client update; total seconds is the run's wall-clock time, evaluations"
+        " and start-up included. Peak client MB is the largest peak resident memory a client "
+        "process reported (host memory, base model included). Bytes per client per round count "
+        "the adapter both ways: the global adapter down and the client's adapter up.",
         "",
     ]
     return "\n".join(lines)
