@@ -1,6 +1,8 @@
-"""Small test doubles shared by the baseline tests."""
+"""Small test doubles and settings shared by several test modules."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from spearfl.tasks.embedded import EmbeddedCategoryTask
 
@@ -24,3 +26,30 @@ def spy_generate(policy) -> list[dict]:
 
     policy.generate = spy
     return calls
+
+
+def tiny_run_overrides(model_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    """A 2-round, 3-client SPEAR run of the tiny model on the embedded task, in seconds."""
+    return [
+        f"model.model_name={model_dir}",
+        "data.dataset=embedded",
+        "data.num_clients=3",
+        "fl.clients_per_round=2",
+        "fl.rounds=2",
+        "fl.local_rollout_steps=8",
+        "fl.local_train_steps=2",
+        "gen.max_new_tokens_y0=4",
+        "gen.max_new_tokens_y1=4",
+        "gen.num_revisions=1",
+        "data.num_train_examples=120",
+        "data.num_eval_examples=16",
+        "data.min_examples_per_client=5",
+        "data.eval_every=1",
+        "optim.batch_size=4",
+        "optim.lr=0.01",
+        "optim.lr_min=0.001",
+        "lora.last_n_layers=1",
+        "lora.r=4",
+        f"output_dir={run_dir}",
+        *extra,
+    ]

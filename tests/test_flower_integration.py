@@ -9,34 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import tiny_run_overrides
 from spearfl.config import load_config
 
 pytestmark = pytest.mark.slow
-
-
-def _overrides(model_dir: Path, run_dir: Path) -> list[str]:
-    return [
-        f"model.model_name={model_dir}",
-        "data.dataset=embedded",
-        "data.num_clients=3",
-        "fl.clients_per_round=2",
-        "fl.rounds=2",
-        "fl.local_rollout_steps=8",
-        "fl.local_train_steps=2",
-        "gen.max_new_tokens_y0=4",
-        "gen.max_new_tokens_y1=4",
-        "gen.num_revisions=1",
-        "data.num_train_examples=120",
-        "data.num_eval_examples=16",
-        "data.min_examples_per_client=5",
-        "data.eval_every=1",
-        "optim.batch_size=4",
-        "optim.lr=0.01",
-        "optim.lr_min=0.001",
-        "lora.last_n_layers=1",
-        "lora.r=4",
-        f"output_dir={run_dir}",
-    ]
 
 
 def _adapter_tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -53,7 +29,7 @@ def test_flower_simulation_end_to_end(tiny_model_dir, tmp_path):
     from spearfl.federation.simulation import simulate
 
     run_dir = tmp_path / "run"
-    cfg = load_config(None, _overrides(tiny_model_dir, run_dir))
+    cfg = load_config(None, tiny_run_overrides(tiny_model_dir, run_dir))
     summary = simulate(cfg, run_dir)
 
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
@@ -118,7 +94,7 @@ def test_in_process_spear_update_trains_on_wins(tiny_model_dir, tmp_path):
         def is_correct(self, example, completion):
             return int(example.uid.rsplit("-", 1)[1]) % 2 == 0
 
-    cfg = load_config(None, _overrides(tiny_model_dir, tmp_path / "unused"))
+    cfg = load_config(None, tiny_run_overrides(tiny_model_dir, tmp_path / "unused"))
     task = EveryOtherRight(seed=42, num_train_examples=120, num_eval_examples=16)
     examples = task.load().train[:8]
     n_right = sum(int(ex.uid.rsplit("-", 1)[1]) % 2 == 0 for ex in examples)

@@ -159,6 +159,9 @@ class FLConfig(_Section, section="fl"):
     server_beta2: float = _f(0.99, ge=0, lt=1)
     server_tau: float = _f(5e-3, gt=0)
     min_clients: int = _f(1, ge=1)
+    round_timeout: float = _f(3600.0, gt=0)  # seconds a round waits for its clients' replies
+    max_round_retries: int = _f(3, ge=0)  # extra client draws when too few replies are usable
+    max_update_norm: float | None = _f(None, gt=0)  # reject a client whose update L2 norm exceeds
     num_cpus_per_client: float = _f(2.0, gt=0)
     num_gpus_per_client: float = _f(0.0, ge=0)
 

@@ -160,6 +160,7 @@ class OPSDUpdate(ClientAlgorithm):
             mean_loss=sum(stats.losses) / len(stats.losses) if stats.losses else 0.0,
             steps=stats.steps,
             skipped_steps=stats.skipped,
+            prox_penalty=stats.prox_penalty,
             train_seconds=time.perf_counter() - started,
             trained=1,
         )

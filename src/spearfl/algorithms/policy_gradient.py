@@ -263,6 +263,7 @@ class OnlineRLUpdate(ClientAlgorithm):
             "mean_loss": sum(stats.losses) / len(stats.losses) if stats.losses else 0.0,
             "steps": float(stats.steps),
             "skipped_steps": float(stats.skipped),
+            "prox_penalty": stats.prox_penalty,
             "lr": lr,
             "trained": float(stats.steps > 0),
         }

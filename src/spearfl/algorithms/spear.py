@@ -172,6 +172,7 @@ class SpearUpdate(ClientAlgorithm):
             mean_lose_loss=_mean(parts["lose"]),
             steps=stats.steps,
             skipped_steps=stats.skipped,
+            prox_penalty=stats.prox_penalty,
             train_seconds=time.perf_counter() - start,
             trained=1,
         )

@@ -23,6 +23,28 @@ class StepStats:
     skipped: int = 0
     last_grad_norm: float = 0.0
     losses: list[float] = field(default_factory=list)
+    prox_penalty: float = 0.0
+    """FedProx's ``mu/2 * ||w - w_global||²`` at the last step (0 without FedProx)."""
+
+
+def add_proximal_gradient(
+    params: Sequence[torch.nn.Parameter], start: Sequence[torch.Tensor], mu: float
+) -> float:
+    """Add FedProx's proximal term to the gradients; return the term's value.
+
+    The term ``mu/2 * ||w - w0||²`` (``w0``: the adapter received this round) has gradient
+    ``mu * (w - w0)``, so adding it to ``.grad`` is exact and costs no extra forward pass.
+    """
+    penalty = 0.0
+    with torch.no_grad():
+        for p, p0 in zip(params, start, strict=True):
+            diff = p.detach() - p0
+            penalty += 0.5 * mu * float(diff.pow(2).sum())
+            if p.grad is None:
+                p.grad = mu * diff
+            else:
+                p.grad.add_(diff, alpha=mu)
+    return penalty
 
 
 def run_local_steps(
@@ -35,12 +57,15 @@ def run_local_steps(
     """``local_train_steps`` optimiser steps of ``grad_accum_steps`` micro-steps each.
 
     ``micro_step(scale)`` computes one micro-batch loss, back-propagates ``scale * loss`` and
-    returns the unscaled loss value. A fresh AdamW on the LoRA parameters (SPEC §2); gradients
-    clipped to ``max_grad_norm``; a step whose gradient norm is NaN/inf is skipped rather than
-    corrupting the adapter.
+    returns the unscaled loss value. A fresh AdamW on the LoRA parameters (SPEC §2); with
+    ``fl.fedprox_mu > 0`` FedProx's proximal term pulls towards the parameters as they were on
+    entry (the received global adapter); gradients clipped to ``max_grad_norm``; a step whose
+    gradient norm is NaN/inf is skipped rather than corrupting the adapter.
     """
     o = cfg.optim
     trainable = list(params.values())
+    mu = cfg.fl.fedprox_mu
+    start = [p.detach().clone() for p in trainable] if mu > 0 else []
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=o.weight_decay)
     stats = StepStats()
     accum = o.grad_accum_steps
@@ -48,6 +73,8 @@ def run_local_steps(
         optimizer.zero_grad(set_to_none=True)
         for _ in range(accum):
             stats.losses.append(micro_step(1.0 / accum))
+        if mu > 0:
+            stats.prox_penalty = add_proximal_gradient(trainable, start, mu)
         norm = torch.nn.utils.clip_grad_norm_(trainable, o.max_grad_norm)
         stats.last_grad_norm = float(norm)
         if not math.isfinite(stats.last_grad_norm):

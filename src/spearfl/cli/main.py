@@ -1,5 +1,8 @@
-"""``spearfl`` command line: ``spearfl run [CONFIG] [--set section.key=value ...]`` and
-``spearfl compare [CONFIG] --algorithms spear,grpo,... [--set ...]``."""
+"""``spearfl`` command line.
+
+``spearfl run [CONFIG] [--set section.key=value ...]``, ``spearfl run --resume RUN_DIR`` and
+``spearfl compare [CONFIG] --algorithms spear,grpo,... [--set ...]``.
+"""
 
 from __future__ import annotations
 
@@ -21,33 +24,55 @@ def default_config_path() -> Path:
     return Path(str(resources.files("spearfl.configs") / DEFAULT_CONFIG))
 
 
+def _resume_config(args: argparse.Namespace) -> tuple[Path, list[str]] | str:
+    """The saved config of the run to resume, or an error message."""
+    if args.config or args.output_dir:
+        return "--resume takes the run directory only; its config.yaml is the run's config"
+    run_dir = Path(args.resume)
+    if not (run_dir / "config.yaml").is_file():
+        return f"{run_dir} is not a run directory (no config.yaml); nothing to resume"
+    return run_dir / "config.yaml", [*(args.set or []), f"output_dir={run_dir}"]
+
+
 def _run(args: argparse.Namespace) -> int:
-    path = Path(args.config) if args.config else default_config_path()
-    overrides = list(args.set or [])
-    if args.output_dir:
-        overrides.append(f"output_dir={args.output_dir}")
+    if args.resume:
+        found = _resume_config(args)
+        if isinstance(found, str):
+            print(f"spearfl: {found}", file=sys.stderr)
+            return 2
+        path, overrides = found
+    else:
+        path = Path(args.config) if args.config else default_config_path()
+        overrides = list(args.set or [])
+        if args.output_dir:
+            overrides.append(f"output_dir={args.output_dir}")
     try:
         cfg = load_config(path, overrides)
     except ConfigError as err:
         print(f"spearfl: config error: {err}", file=sys.stderr)
         return 2
     run_dir = Path(cfg.output_dir)
-    if (run_dir / "history.jsonl").exists() and not args.overwrite:
+    if not args.resume and (run_dir / "history.jsonl").exists() and not args.overwrite:
         print(
-            f"spearfl: {run_dir} already holds a run; pass --overwrite or another --output-dir",
+            f"spearfl: {run_dir} already holds a run; pass --resume {run_dir} to continue it, "
+            "--overwrite to replace it, or another --output-dir",
             file=sys.stderr,
         )
         return 2
-    if args.overwrite and (run_dir / "history.jsonl").exists():
-        (run_dir / "history.jsonl").unlink()
 
     from spearfl.cli.progress import RichObserver
+    from spearfl.federation.checkpoint import load_checkpoint
     from spearfl.federation.simulation import simulate
 
-    observer = RichObserver(cfg.fl.rounds)
+    done = 0
+    if args.resume:
+        ckpt = load_checkpoint(run_dir)
+        done = ckpt.round_num if ckpt else 0
+        print(f"resuming {run_dir} after round {done} of {cfg.fl.rounds}")
+    observer = RichObserver(cfg.fl.rounds, completed=done)
     started = time.perf_counter()
     try:
-        summary = simulate(cfg, run_dir, observer)
+        summary = simulate(cfg, run_dir, observer, resume=bool(args.resume))
     finally:
         observer.close()
     wall = time.perf_counter() - started
@@ -69,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--output-dir", help="run directory (overrides output_dir)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run's history")
+    run.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its last complete round (its own config)",
+    )
     run.set_defaults(func=_run)
     add_compare_parser(sub)
     return parser

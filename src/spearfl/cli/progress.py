@@ -12,7 +12,9 @@ from spearfl.reporting.table import COLUMNS, format_round_row
 
 
 class RichObserver(RoundObserver):
-    def __init__(self, total_rounds: int, console: Console | None = None) -> None:
+    def __init__(
+        self, total_rounds: int, console: Console | None = None, completed: int = 0
+    ) -> None:
         self.console = console or Console()
         self.progress = Progress(
             TextColumn("{task.description}"),
@@ -22,7 +24,7 @@ class RichObserver(RoundObserver):
             console=self.console,
             transient=False,
         )
-        self.rounds = self.progress.add_task("rounds", total=total_rounds)
+        self.rounds = self.progress.add_task("rounds", total=total_rounds, completed=completed)
         self.clients = self.progress.add_task("clients", total=1, visible=False)
         self.wins = self.losses = 0
         self.last_acc: float | None = None
@@ -52,6 +54,9 @@ class RichObserver(RoundObserver):
             f"wins {self.wins} losses {self.losses}, "
             f"y0 acc {metrics.get('y0_accuracy', 0):.2f}",
         )
+
+    def client_failed(self, round_num: int, client_id: int, reason: str) -> None:
+        self.console.print(f"round {round_num}: client {client_id} dropped: {reason}")
 
     def evaluating(self, round_num: int) -> None:
         self.progress.update(self.rounds, description=f"evaluating round {round_num}")

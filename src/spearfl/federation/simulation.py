@@ -6,10 +6,11 @@ import logging
 import os
 from pathlib import Path
 
+from flwr.clientapp import ClientApp
 from flwr.simulation import run_simulation
 
 from spearfl.config import Config
-from spearfl.federation.client_app import app as client_app
+from spearfl.federation.client_app import app as default_client_app
 from spearfl.federation.server_app import RoundObserver, build_server_app
 
 
@@ -30,8 +31,19 @@ def _quiet_flower() -> None:
         flwr_logger.addFilter(_DropNotice())
 
 
-def simulate(cfg: Config, run_dir: Path, observer: RoundObserver | None = None) -> dict:
-    """Run every round; returns the run's summary. Client work runs in Ray actors."""
+def simulate(
+    cfg: Config,
+    run_dir: Path,
+    observer: RoundObserver | None = None,
+    *,
+    resume: bool = False,
+    client_app: ClientApp | None = None,
+) -> dict:
+    """Run every round (from the last checkpoint when ``resume``); returns the run's summary.
+
+    Client work runs in Ray actors. ``client_app`` replaces the standard ClientApp (tests use
+    it to make clients fail or misbehave).
+    """
     fl = cfg.fl
     # Set before Ray starts, so client workers inherit them: quiet workers, no hub access.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -44,7 +56,7 @@ def simulate(cfg: Config, run_dir: Path, observer: RoundObserver | None = None) 
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     _quiet_flower()
     result: dict = {}
-    server_app = build_server_app(cfg, run_dir, observer, result)
+    server_app = build_server_app(cfg, run_dir, observer, result, resume=resume)
     backend_config = {
         "client_resources": {
             "num_cpus": fl.num_cpus_per_client,
@@ -54,7 +66,7 @@ def simulate(cfg: Config, run_dir: Path, observer: RoundObserver | None = None) 
     }
     run_simulation(
         server_app=server_app,
-        client_app=client_app,
+        client_app=client_app or default_client_app,
         num_supernodes=cfg.data.num_clients,
         backend_config=backend_config,
     )

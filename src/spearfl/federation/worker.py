@@ -98,4 +98,8 @@ class ClientWorker:
         self, adapter: dict[str, torch.Tensor], round_num: int, client_id: int
     ) -> ClientUpdateResult:
         ctx = RoundContext(round_num, self.cfg.fl.rounds, client_id, self.cfg.data.seed)
+        # Sampling draws from torch's generator: seeding it per (seed, round, client) makes an
+        # update independent of which process ran it and what that process did before, so a
+        # resumed run and the deployment engine repeat the simulation's updates.
+        torch.manual_seed(ctx.rng("torch").getrandbits(63))
         return self.algorithm.update(adapter, self.examples, ctx)

@@ -25,6 +25,7 @@ __all__ = [
     "client_updates",
     "read_history",
     "summarize",
+    "truncate_history",
     "write_summary",
 ]
 
@@ -82,6 +83,29 @@ def _drop_partial_tail(path: Path) -> None:
         handle.truncate(keep)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def truncate_history(run_dir: str | os.PathLike[str], last_round: int) -> int:
+    """Keep only the entries up to ``last_round`` (a resumed run redoes the later ones).
+
+    The file is rewritten to a temporary file and renamed over the old one, so a crash here
+    leaves either the old history or the new one. Returns how many entries were dropped.
+    """
+    path = Path(run_dir) / HISTORY_FILE
+    if not path.is_file():
+        return 0
+    entries = read_history(path)
+    kept = [e for e in entries if int(e["round"]) <= last_round]
+    if len(kept) == len(entries) and path.read_bytes().endswith(b"\n"):
+        return 0
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".history-", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        for entry in kept:
+            handle.write(json.dumps(entry, allow_nan=False, separators=(",", ":")) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return len(entries) - len(kept)
 
 
 def read_history(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
