@@ -16,7 +16,7 @@ import torch
 
 from spearfl.algorithms.base import RoundContext
 from spearfl.algorithms.registry import build_algorithm
-from spearfl.cli.main import default_config_path
+from spearfl.configs import default_config_path
 from spearfl.config import load_config
 from spearfl.evaluation.evaluator import Evaluator
 from spearfl.federation.server_app import select_clients

@@ -35,7 +35,7 @@ def parse_algorithms(text: str | None, known: list[str]) -> list[str]:
 
 def _configs(args: argparse.Namespace, names: list[str]) -> tuple[Path, dict[str, Config]]:
     """The comparison folder and one validated config per algorithm (raises ConfigError)."""
-    from spearfl.cli.main import default_config_path
+    from spearfl.configs import default_config_path
 
     path = Path(args.config) if args.config else default_config_path()
     overrides = list(args.set or [])

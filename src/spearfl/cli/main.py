@@ -11,17 +11,11 @@ import json
 import logging
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 
 from spearfl.cli.compare import add_parser as add_compare_parser
 from spearfl.config import ConfigError, load_config
-
-DEFAULT_CONFIG = "embedded.yaml"
-
-
-def default_config_path() -> Path:
-    return Path(str(resources.files("spearfl.configs") / DEFAULT_CONFIG))
+from spearfl.configs import default_config_path
 
 
 def _resume_config(args: argparse.Namespace) -> tuple[Path, list[str]] | str:

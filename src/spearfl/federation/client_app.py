@@ -29,7 +29,8 @@ METRICS = "metrics"
 
 
 def client_id_of(context: Context) -> int:
-    """The partition this node serves: ``partition-id`` from the node config."""
+    """The client this node is: ``partition-id`` from the node config (``data-path``, when
+    given, is the device's own data file; otherwise it trains on that share of the dataset)."""
     try:
         return int(context.node_config["partition-id"])
     except KeyError:
@@ -65,7 +66,8 @@ def train(msg: Message, context: Context) -> Message:
     cfg = config_from_json(str(settings["json"]))
     round_num = int(settings["round"])
     client_id = client_id_of(context)
-    worker = ClientWorker.for_client(cfg, client_id)
+    data_path = context.node_config.get("data-path")
+    worker = ClientWorker.for_client(cfg, client_id, str(data_path) if data_path else None)
     adapter = msg.content[ADAPTER].to_torch_state_dict()
     result = worker.train(dict(adapter), round_num, client_id)
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from spearfl.config import Config, save_config
+from spearfl.config import Config, ConfigError, load_config, save_config
+from spearfl.configs import default_config_path
 from spearfl.evaluation.evaluator import Evaluator
 from spearfl.federation.aggregation import ServerOptimizer, weighted_average
 from spearfl.federation.checkpoint import (
@@ -350,13 +351,19 @@ def map_clients(grid: Grid, expected: int, timeout: float = 600.0) -> dict[int, 
 def grid_sender(grid: Grid, cfg: Config, observer: RoundObserver) -> SendRound:
     """A ``send`` function that delivers train messages through a Flower Grid.
 
-    A reply carrying an error (the ClientApp raised, or Flower reports the node gone) and a
+    A client whose node is no longer online, a reply carrying an error (the ClientApp raised, or
+    Flower reports the node gone: the SuperLink notices a missing heartbeat after 40-60 s) and a
     reply that has not arrived by ``fl.round_timeout`` seconds count as failures of that client.
     """
     mapping = map_clients(grid, cfg.data.num_clients)
     cfg_json = cfg.to_json()
 
     def send(round_num: int, clients: list[int], adapter: dict[str, torch.Tensor]) -> Delivery:
+        delivery = Delivery()
+        online = set(grid.get_node_ids())
+        for cid in [c for c in clients if mapping[c] not in online]:
+            delivery.failures.append(Failure(cid, f"node {mapping[cid]} is offline"))
+        clients = [c for c in clients if mapping[c] in online]
         record = ArrayRecord({k: v.contiguous() for k, v in adapter.items()})
         messages = [
             Message(
@@ -368,11 +375,11 @@ def grid_sender(grid: Grid, cfg: Config, observer: RoundObserver) -> SendRound:
             )
             for c in clients
         ]
-        node_to_client = {mapping[c]: c for c in clients}
-        delivery = Delivery()
         answered: set[int] = set()
-        for msg in _gather(grid, messages, cfg.fl.round_timeout):
-            cid = node_to_client[msg.metadata.src_node_id]
+        for index, msg in _gather(grid, messages, cfg.fl.round_timeout):
+            # By the message it answers: an error the SuperLink writes for a lost node comes
+            # from the SuperLink's own node id, not the client's.
+            cid = clients[index]
             answered.add(cid)
             if msg.has_error():
                 delivery.failures.append(Failure(cid, f"error: {msg.error.reason}"))
@@ -395,17 +402,22 @@ def grid_sender(grid: Grid, cfg: Config, observer: RoundObserver) -> SendRound:
     return send
 
 
-def _gather(grid: Grid, messages: list[Message], timeout: float) -> Iterable[Message]:
-    """Push all messages, then yield replies as they arrive (for live progress) until every
-    message is answered or ``timeout`` seconds have passed."""
+def _gather(grid: Grid, messages: list[Message], timeout: float) -> Iterable[tuple[int, Message]]:
+    """Push all messages, then yield ``(index of the message answered, reply)`` as replies
+    arrive (for live progress) until every message is answered or ``timeout`` seconds pass."""
+    if not messages:
+        return
     deadline = time.monotonic() + timeout
     ids = list(grid.push_messages(messages))
+    index_of = {message_id: i for i, message_id in enumerate(ids)}
     pending = set(ids)
     while pending and time.monotonic() < deadline:
         got = list(grid.pull_messages(list(pending)))
         for msg in got:
-            pending.discard(msg.metadata.reply_to_message_id)
-            yield msg
+            answered = msg.metadata.reply_to_message_id
+            if answered in pending:
+                pending.discard(answered)
+                yield index_of[answered], msg
         if not got:
             time.sleep(0.2)
 
@@ -429,3 +441,75 @@ def build_server_app(
             result.update(summary)
 
     return app
+
+
+# ------------------------------------------------------ the deployment engine
+RUN_CONFIG_DEFAULTS: dict[str, Any] = {
+    "config": "",
+    "run-dir": "",
+    "resume": False,
+    "overrides": "",
+}
+"""``[tool.flwr.app.config]``: what ``flwr run --run-config`` may set."""
+
+
+def settings_from_run_config(run_config: Mapping[str, Any]) -> tuple[Config, Path, bool]:
+    """The run's config, run directory and resume flag from Flower's run config.
+
+    ``config``: a YAML path on the server's machine ('' = the embedded demo); ``run-dir``:
+    where the run directory goes ('' = the config's ``output_dir``); ``resume``: continue the
+    run in ``run-dir`` from its checkpoint, with the config saved there; ``overrides``:
+    ``section.key=value`` items separated by ``;``.
+    """
+    unknown = sorted(set(run_config) - set(RUN_CONFIG_DEFAULTS))
+    if unknown:
+        raise ConfigError(
+            f"unknown run-config key {unknown[0]!r}; known: {', '.join(RUN_CONFIG_DEFAULTS)}",
+            None,
+            "flwr run --run-config",
+        )
+    settings = {**RUN_CONFIG_DEFAULTS, **run_config}
+    overrides = [o.strip() for o in str(settings["overrides"]).split(";") if o.strip()]
+    run_dir = str(settings["run-dir"]).strip()
+    resume = bool(settings["resume"])
+    if resume:
+        if not run_dir:
+            raise ConfigError("resume=true needs run-dir", None, "flwr run --run-config")
+        path = Path(run_dir) / "config.yaml"
+    else:
+        path = Path(str(settings["config"])) if settings["config"] else default_config_path()
+    if run_dir:
+        overrides.append(f"output_dir={run_dir}")
+    cfg = load_config(path, overrides)
+    return cfg, Path(cfg.output_dir), resume
+
+
+class LogObserver(RoundObserver):
+    """Progress as log lines: a ServerApp under the deployment engine has no terminal."""
+
+    def round_started(self, round_num: int, clients: list[int]) -> None:
+        log.warning("round %d: clients %s", round_num, clients)
+
+    def client_failed(self, round_num: int, client_id: int, reason: str) -> None:
+        log.warning("round %d: client %d dropped: %s", round_num, client_id, reason)
+
+    def round_done(self, entry: dict[str, Any]) -> None:
+        acc = (entry.get("eval") or {}).get("accuracy")
+        shown = "-" if acc is None else f"{acc:.3f}"
+        log.warning(
+            "round %d done: clients %s, eval accuracy %s", entry["round"], entry["clients"], shown
+        )
+
+
+app = ServerApp()
+"""The ServerApp ``flwr run`` starts (``[tool.flwr.app.components]`` in pyproject.toml)."""
+
+
+@app.main()
+def deployment_main(grid: Grid, context: Context) -> None:
+    cfg, run_dir, resume = settings_from_run_config(dict(context.run_config))
+    observer = LogObserver()
+    summary = FederatedServer(cfg, run_dir, observer).run(
+        grid_sender(grid, cfg, observer), resume=resume
+    )
+    log.warning("run finished: %s", _json(summary))

@@ -18,6 +18,7 @@ from spearfl.config import Config
 from spearfl.federation.partition import dirichlet_partition
 from spearfl.models.policy import Policy
 from spearfl.tasks.base import Example, Task, TaskData
+from spearfl.tasks.dataset import DatasetTask
 from spearfl.tasks.registry import build_feedback, build_task
 
 log = logging.getLogger(__name__)
@@ -84,14 +85,24 @@ class ClientWorker:
     examples: list[Example]
 
     @classmethod
-    def for_client(cls, cfg: Config, client_id: int) -> ClientWorker:
+    def for_client(cls, cfg: Config, client_id: int, data_path: str | None = None) -> ClientWorker:
+        """The worker of client ``client_id``: its share of the run's dataset, or, with
+        ``data_path``, every row of the device's own data file (nothing partitioned)."""
         if not 0 <= client_id < cfg.data.num_clients:
             raise ValueError(f"client id {client_id} outside 0..{cfg.data.num_clients - 1}")
         policy = shared_policy(cfg)
-        task, data, parts = shared_task_data(cfg)
+        if data_path:
+            task = build_task(cfg)
+            if not isinstance(task, DatasetTask):
+                raise ValueError(
+                    f"data-path is for dataset tasks; {cfg.data.dataset!r} makes its own questions"
+                )
+            examples = task.examples_from(data_path)[: cfg.data.max_examples_per_client]
+        else:
+            task, data, parts = shared_task_data(cfg)
+            examples = [data.train[i] for i in parts[client_id]]
         provider = build_feedback(cfg, task)
         algorithm = build_algorithm(cfg, policy, task, provider)
-        examples = [data.train[i] for i in parts[client_id]]
         return cls(cfg, policy, task, algorithm, examples)
 
     def train(

@@ -155,6 +155,15 @@ class DatasetTask(Task):
             )
         return TaskData(train=train, eval=evaluation)
 
+    def examples_from(self, path: str | Path) -> list[Example]:
+        """Every row of a device's own data file (or the ``split`` files of a folder), parsed
+        and checked like the dataset's: what a client with its own data trains on."""
+        self.bad_rows = BadRowPolicy(self.skip_bad_rows)
+        examples = self._examples(read_local_rows(path, self.split, self.bad_rows))
+        if not examples:
+            raise ValueError(f"{self.name}: no usable examples in {path}")
+        return examples
+
     def _read(self, split: str) -> list[RowSource]:
         if self.path is not None:
             return read_local_rows(self.path, split, self.bad_rows)
