@@ -239,13 +239,16 @@ class OptimConfig(_Section, section="optim"):
 
 @dataclass
 class FeedbackConfig(_Section, section="feedback"):
-    provider: Literal["oracle", "none"] = "oracle"
+    # human: SPEAR trains on what people said on the device's feedback page (spearfl serve).
+    provider: Literal["oracle", "none", "human"] = "oracle"
     mc_hint_words: int = _f(3, ge=1)
     # partial: hint stays shorter than the option; paper: the paper's exact first-N-words rule.
     mc_hint_style: Literal["partial", "paper"] = "partial"
     # false: revisions are told only that the answer was wrong (the control that measures
     # how much the hint itself adds).
     hints: bool = True
+    # where each device keeps its feedback inbox (client-N/feedback.sqlite); "" = OUTPUT/devices
+    store_dir: str = ""
 
 
 @dataclass
@@ -258,6 +261,9 @@ class HFConfig(_Section, section="hf"):
 
 
 # Pairs (small, big) that must satisfy small <= big once every section is valid.
+HUMAN_ALGORITHMS = ("spear", "feedback_sft")
+"""Algorithms that can learn from stored human feedback (wins and losses, no resampling)."""
+
 _ORDERED = (
     ("fl.clients_per_round", "data.num_clients"),
     ("optim.lr_min", "optim.lr"),
@@ -293,6 +299,17 @@ class Config:
             a, b = self.get(small), self.get(big)
             if a > b:
                 raise ConfigError(f"{small} ({a!r}) must be <= {big} ({b!r})", small)
+        if self.feedback.provider == "human" and self.algorithm.name not in HUMAN_ALGORITHMS:
+            raise ConfigError(
+                f"feedback.provider 'human' trains {' or '.join(HUMAN_ALGORITHMS)} only, "
+                f"not {self.algorithm.name!r}",
+                "feedback.provider",
+            )
+
+    def device_dir(self, client_id: int) -> Path:
+        """Where client ``client_id`` keeps its feedback inbox and the adapter it last got."""
+        root = Path(self.feedback.store_dir or Path(self.output_dir) / "devices")
+        return root / f"client-{client_id}"
 
     def get(self, dotted: str) -> Any:
         """Value of a dotted key such as ``'optim.lr'``."""

@@ -31,6 +31,8 @@ class RoundContext:
     total_rounds: int
     client_id: int
     seed: int
+    device_dir: str | None = None
+    """The device's own folder (its feedback inbox), for the ``human`` feedback provider."""
 
     def rng(self, purpose: str) -> random.Random:
         """A generator that depends only on (seed, round, client, purpose): reruns repeat."""

@@ -44,6 +44,8 @@ class SpearUpdate(ClientAlgorithm):
 
     # ------------------------------------------------------------------ phase 1
     def rollout(self, examples: Sequence[Example], ctx: RoundContext) -> RolloutResult:
+        if self.cfg.feedback.provider == "human":
+            return self.human_rollout(examples, ctx)
         chosen = sample_prompts(examples, self.cfg.fl.local_rollout_steps, ctx.rng("prompts"))
         fb = self.cfg.feedback
         return self_play_rollout(
@@ -56,6 +58,31 @@ class SpearUpdate(ClientAlgorithm):
             hints=fb.hints,
         )
 
+    def human_rollout(self, examples: Sequence[Example], ctx: RoundContext) -> RolloutResult:
+        """What people judged on the device's page since the last round (feedback/human.py)."""
+        from spearfl.feedback.human import human_rollout
+        from spearfl.feedback.store import FeedbackStore
+
+        if ctx.device_dir is None:
+            raise ValueError("feedback.provider 'human' needs the device's folder (device-dir)")
+        self._store = FeedbackStore.for_device(ctx.device_dir)
+        found = human_rollout(self.policy, self._store, {ex.uid: ex for ex in examples})
+        self._used_ids = found.used_ids
+        return found.result
+
+    def after_training(self, ctx: RoundContext) -> None:
+        """Interactions a round trained on are not used again."""
+        store = getattr(self, "_store", None)
+        if store is not None:
+            store.mark_used(self._used_ids, ctx.round_num)
+        self.release_store()
+
+    def release_store(self) -> None:
+        store = getattr(self, "_store", None)
+        if store is not None:
+            store.close()
+            self._store = None
+
     # ------------------------------------------------------------------ phase 2
     def loss_flags(self, trace: Trace) -> list[bool]:
         s = self.cfg.spear
@@ -67,7 +94,9 @@ class SpearUpdate(ClientAlgorithm):
         )
         spans = token_char_spans(self.policy.tokenizer, trace.completion_ids)
         text = self.policy.tokenizer.decode(list(trace.completion_ids), skip_special_tokens=True)
-        answer = self.task.answer_span(trace.example, text) if s.ul_answer_only else None
+        # A question typed on the page has no options to find the answer among: whole answer.
+        answer_only = s.ul_answer_only and bool(trace.example.options)
+        answer = self.task.answer_span(trace.example, text) if answer_only else None
         return unlikelihood_mask(trace.completion_ids, text, spans, answer, options)
 
     def micro_step_fn(self, wins, losses, loss_flags, reference, rng, parts):
@@ -149,7 +178,12 @@ class SpearUpdate(ClientAlgorithm):
                 skipped_steps=0,
                 trained=0,
             )
-            return ClientUpdateResult(global_adapter, float(metrics["num_rollouts"]), metrics)
+            # A device's judged answers wait for a round with a win, and until then the device
+            # must not pull the average towards the adapter it received: weight 0.
+            human = self.cfg.feedback.provider == "human"
+            weight = 0.0 if human else float(metrics["num_rollouts"])
+            self.release_store()
+            return ClientUpdateResult(global_adapter, weight, metrics)
 
         losses = cap_losses(
             rollout.losses, len(wins), self.cfg.spear.max_lose_ratio, ctx.rng("cap")
@@ -164,6 +198,7 @@ class SpearUpdate(ClientAlgorithm):
         stats = run_local_steps(policy.trainable(), lr=lr, cfg=self.cfg, micro_step=step)
         policy.model.eval()
         adapter = ema_blend(policy.get_adapter(), global_adapter, self.cfg.spear.ema_decay)
+        self.after_training(ctx)
         metrics.update(
             wins=len(wins),
             losses=len(losses),

@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from spearfl.config import config_from_json
+from spearfl.federation.checkpoint import Checkpoint, save_checkpoint
 from spearfl.federation.worker import ClientWorker
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,8 @@ METRICS = "metrics"
 
 def client_id_of(context: Context) -> int:
     """The client this node is: ``partition-id`` from the node config (``data-path``, when
-    given, is the device's own data file; otherwise it trains on that share of the dataset)."""
+    given, is the device's own data file; otherwise it trains on that share of the dataset;
+    ``device-dir`` is the device's folder, with its feedback inbox)."""
     try:
         return int(context.node_config["partition-id"])
     except KeyError:
@@ -68,8 +70,12 @@ def train(msg: Message, context: Context) -> Message:
     client_id = client_id_of(context)
     data_path = context.node_config.get("data-path")
     worker = ClientWorker.for_client(cfg, client_id, str(data_path) if data_path else None)
-    adapter = msg.content[ADAPTER].to_torch_state_dict()
-    result = worker.train(dict(adapter), round_num, client_id)
+    adapter = dict(msg.content[ADAPTER].to_torch_state_dict())
+    device_dir = str(context.node_config.get("device-dir") or cfg.device_dir(client_id))
+    if cfg.feedback.provider == "human":
+        # The device's page answers with the newest global adapter this device has seen.
+        save_checkpoint(device_dir, Checkpoint(round_num - 1, adapter))
+    result = worker.train(adapter, round_num, client_id, device_dir)
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
     metrics["n_eff"] = float(result.n_eff)
     metrics["client_seconds"] = time.perf_counter() - started

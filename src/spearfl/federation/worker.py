@@ -106,9 +106,16 @@ class ClientWorker:
         return cls(cfg, policy, task, algorithm, examples)
 
     def train(
-        self, adapter: dict[str, torch.Tensor], round_num: int, client_id: int
+        self,
+        adapter: dict[str, torch.Tensor],
+        round_num: int,
+        client_id: int,
+        device_dir: str | None = None,
     ) -> ClientUpdateResult:
-        ctx = RoundContext(round_num, self.cfg.fl.rounds, client_id, self.cfg.data.seed)
+        """One round's update; ``device_dir`` (default: the config's folder for this client)
+        holds the device's feedback inbox when ``feedback.provider`` is ``human``."""
+        folder = device_dir or str(self.cfg.device_dir(client_id))
+        ctx = RoundContext(round_num, self.cfg.fl.rounds, client_id, self.cfg.data.seed, folder)
         # Sampling draws from torch's generator: seeding it per (seed, round, client) makes an
         # update independent of which process ran it and what that process did before, so a
         # resumed run and the deployment engine repeat the simulation's updates.

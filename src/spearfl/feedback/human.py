@@ -1,0 +1,87 @@
+"""The ``human`` feedback provider: SPEAR's phase 1 read from a device's feedback inbox.
+
+Instead of answering prompts and asking an oracle, the client turns what people judged on the
+device's page since the last round into SPEAR's wins and losses (the issue's rule):
+
+- an answer marked right is a win;
+- an answer marked wrong is a loss, with confidence 1.0 when its revision was marked right (and
+  that revision, paired with the *original* prompt, is a win), 0.5 otherwise.
+
+Nothing is generated here: the person already saw the answers, and the traces are the exact
+texts they judged, re-tokenised.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from spearfl.algorithms.rollout import CONFIDENCE_FIXED, CONFIDENCE_UNFIXED, RolloutResult, Trace
+from spearfl.feedback.store import FeedbackStore, Interaction
+from spearfl.models.policy import Policy
+from spearfl.tasks.base import Example
+
+
+@dataclass
+class HumanRollout:
+    result: RolloutResult
+    used_ids: list[int]
+    """The interactions these traces came from (marked used once a round trains on them)."""
+
+
+def asked_example(interaction: Interaction) -> Example:
+    """A free question typed on the page: no options, no gold (only the person judges it)."""
+    return Example(
+        uid=f"asked-{interaction.id}", question=interaction.prompt, options=(), gold="", label=""
+    )
+
+
+def human_rollout(
+    policy: Policy, store: FeedbackStore, examples: Mapping[str, Example]
+) -> HumanRollout:
+    """Wins and losses from every judged interaction no round has used yet."""
+    start = time.perf_counter()
+
+    def ids(text: str) -> tuple[int, ...]:
+        return tuple(policy.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    result = RolloutResult()
+    used: list[int] = []
+    right = fixed = unfixed = revised = 0
+    for item in store.judged_unused():
+        answer = ids(item.answer)
+        if not answer:
+            continue  # an empty answer has no tokens to learn from
+        example = examples.get(item.example_uid or "") or asked_example(item)
+        prompt = tuple(policy.encode(item.messages, item.assistant_prefix))
+        used.append(item.id)
+        if item.verdict == "right":
+            right += 1
+            result.wins.append(Trace(example, prompt, answer, item.answer))
+            continue
+        revised += item.revision is not None
+        revision = ids(item.revision or "")
+        if item.revision_verdict == "right" and revision:
+            fixed += 1
+            result.wins.append(Trace(example, prompt, revision, item.revision or ""))
+            confidence = CONFIDENCE_FIXED
+        else:
+            unfixed += 1
+            confidence = CONFIDENCE_UNFIXED
+        result.losses.append(Trace(example, prompt, answer, item.answer, confidence))
+    result.stats = {
+        "num_rollouts": len(used),
+        "y0_correct": right,
+        "y0_valid": len(used),
+        "revisions_attempted": revised,
+        "revisions_successful": fixed,
+        "format_fixes_attempted": 0,
+        "format_fixes_kept": 0,
+        "losses_fixed": fixed,
+        "losses_unfixed": unfixed,
+        "tokens_generated": 0,
+        "completions_generated": 0,
+        "rollout_seconds": time.perf_counter() - start,
+    }
+    return HumanRollout(result, used)
