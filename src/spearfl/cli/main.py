@@ -1,7 +1,8 @@
 """``spearfl`` command line.
 
 ``spearfl run [CONFIG] [--set section.key=value ...]``, ``spearfl run --resume RUN_DIR`` and
-``spearfl compare [CONFIG] --algorithms spear,grpo,... [--set ...]``.
+``spearfl compare [CONFIG] --algorithms spear,grpo,... [--set ...]`` and
+``spearfl serve --client-id N [CONFIG]`` (a device's feedback page).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 from spearfl.cli.compare import add_parser as add_compare_parser
+from spearfl.cli.serve import add_parser as add_serve_parser
 from spearfl.config import ConfigError, load_config
 from spearfl.configs import default_config_path
 
@@ -95,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=_run)
     add_compare_parser(sub)
+    add_serve_parser(sub)
     return parser
 
 

@@ -274,8 +274,16 @@ class FederatedServer:
         self.observer.round_done(entry0)
 
     # -------------------------------------------------------------------- run
-    def run(self, send: SendRound, resume: bool = False) -> dict:
-        """All rounds (from the last checkpoint when ``resume``); ``send`` reaches the clients."""
+    def run(
+        self,
+        send: SendRound,
+        resume: bool = False,
+        before_round: Callable[[int], None] | None = None,
+    ) -> dict:
+        """All rounds (from the last checkpoint when ``resume``); ``send`` reaches the clients.
+
+        ``before_round(r)`` is called before each round starts and may block (``spearfl serve``
+        waits there until the person asks for the next round)."""
         started = time.perf_counter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         done, spent = self.restore() if resume else (-1, 0.0)
@@ -289,6 +297,8 @@ class FederatedServer:
             self.checkpoint(0, time.perf_counter() - started)
         fl = self.cfg.fl
         for r in range(done + 1, fl.rounds + 1):
+            if before_round is not None:
+                before_round(r)
             t0 = time.perf_counter()
             outcome = self.collect(r, send)
             weighted = self.aggregate(outcome.accepted)
@@ -428,6 +438,7 @@ def build_server_app(
     observer: RoundObserver | None = None,
     result: dict | None = None,
     resume: bool = False,
+    before_round: Callable[[int], None] | None = None,
 ) -> ServerApp:
     """A ServerApp bound to a config and run directory (used by ``spearfl run``)."""
     app = ServerApp()
@@ -436,7 +447,7 @@ def build_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         server = FederatedServer(cfg, run_dir, obs)
-        summary = server.run(grid_sender(grid, cfg, obs), resume=resume)
+        summary = server.run(grid_sender(grid, cfg, obs), resume=resume, before_round=before_round)
         if result is not None:
             result.update(summary)
 

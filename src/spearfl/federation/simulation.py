@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from flwr.clientapp import ClientApp
@@ -38,6 +39,7 @@ def simulate(
     *,
     resume: bool = False,
     client_app: ClientApp | None = None,
+    before_round: Callable[[int], None] | None = None,
 ) -> dict:
     """Run every round (from the last checkpoint when ``resume``); returns the run's summary.
 
@@ -56,7 +58,9 @@ def simulate(
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     _quiet_flower()
     result: dict = {}
-    server_app = build_server_app(cfg, run_dir, observer, result, resume=resume)
+    server_app = build_server_app(
+        cfg, run_dir, observer, result, resume=resume, before_round=before_round
+    )
     backend_config = {
         "client_resources": {
             "num_cpus": fl.num_cpus_per_client,

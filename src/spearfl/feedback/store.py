@@ -255,6 +255,12 @@ class FeedbackStore:
     def get(self, interaction_id: int) -> Interaction:
         return self._get(self._conn, interaction_id)
 
+    def find_request(self, request_id: str) -> Interaction | None:
+        row = self._conn.execute(
+            "SELECT * FROM interactions WHERE request_id = ?", (request_id,)
+        ).fetchone()
+        return None if row is None else Interaction.from_row(row)
+
     def judged_unused(self) -> list[Interaction]:
         """Interactions with a verdict that no round has trained on yet, oldest first."""
         rows = self._conn.execute(
