@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
+from helpers import kill_tree
 
 BIN = Path(sys.executable).parent
 CONNECTION = "test"
@@ -203,18 +203,8 @@ class LocalFederation:
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs.get(name)
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            family = []
-        for p in family:
-            try:
-                p.send_signal(sig)
-            except psutil.NoSuchProcess:
-                pass
-        proc.wait(timeout=30)
+        if proc is not None and proc.poll() is None:
+            kill_tree(proc, sig)
 
     def stop(self) -> None:
         for name in list(self.procs):

@@ -53,3 +53,73 @@ def tiny_run_overrides(model_dir: Path, run_dir: Path, *extra: str) -> list[str]
         f"output_dir={run_dir}",
         *extra,
     ]
+
+
+def device_overrides(model_dir: Path, out: Path) -> list[str]:
+    """Two tiny-model devices on the embedded task, learning from people (provider human)."""
+    return [
+        f"model.model_name={model_dir}",
+        "data.dataset=embedded",
+        "data.num_clients=2",
+        "fl.clients_per_round=2",
+        "data.num_train_examples=60",
+        "data.num_eval_examples=8",
+        "data.min_examples_per_client=5",
+        "gen.max_new_tokens_y0=6",
+        "gen.max_new_tokens_y1=6",
+        "lora.last_n_layers=1",
+        "lora.r=4",
+        "feedback.provider=human",
+        f"output_dir={out}",
+    ]
+
+
+def spawn_spearfl(log: Path, *args: str):
+    """``spearfl ARGS`` in a child process, its output appended to ``log``."""
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "spearfl.cli.main", *args],
+        stdout=open(log, "a"),  # noqa: SIM115 - the child owns it
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def wait_for_page(url: str, proc, log: Path, timeout: float = 180.0) -> None:
+    """Until the device page at ``url`` answers (fails early if its process died)."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            if httpx.get(url + "api/status", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(log.read_text()[-3000:])
+
+
+def kill_tree(proc, sig: int | None = None) -> None:
+    """Send ``sig`` (default SIGKILL) to a child process and everything it started."""
+    import signal
+
+    import psutil
+
+    try:
+        parent = psutil.Process(proc.pid)
+        family = [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    for p in family:
+        try:
+            p.send_signal(signal.SIGKILL if sig is None else sig)
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait(timeout=60)

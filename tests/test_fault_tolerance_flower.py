@@ -4,7 +4,6 @@ server process killed with SIGKILL and resumed from its run directory."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import tiny_run_overrides
+from helpers import kill_tree, tiny_run_overrides
 from spearfl.config import load_config
 from spearfl.federation.checkpoint import load_checkpoint
 from spearfl.federation.server_app import select_clients
@@ -87,23 +86,6 @@ def test_nan_wrong_shape_and_crashing_clients_through_flower(tiny_model_dir, tmp
     assert all(bool(torch.isfinite(t).all()) for t in final.values())
 
 
-def _kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL the run and every process it started (Ray's included)."""
-    import psutil
-
-    try:
-        parent = psutil.Process(proc.pid)
-        family = [parent, *parent.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        family = []
-    for p in family:
-        try:
-            p.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-    proc.wait(timeout=60)
-
-
 def _spearfl(*args: str) -> list[str]:
     return [sys.executable, "-m", "spearfl.cli.main", *args]
 
@@ -133,7 +115,7 @@ def test_server_killed_after_round_2_resumes_to_the_same_result(tiny_model_dir, 
             assert time.monotonic() < deadline, "round 2 never finished"
             time.sleep(0.05)
     finally:
-        _kill_tree(proc)
+        kill_tree(proc)
     assert load_checkpoint(run_dir).round_num == 2
     assert not (run_dir / "summary.json").exists()
 

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import time
 
 import httpx
 import pytest
 
 from flower_cluster import free_port
+from helpers import device_overrides, kill_tree, spawn_spearfl, wait_for_page
 from spearfl.config import load_config, save_config
 from spearfl.feedback.store import FeedbackStore
 from spearfl.reporting.history import read_history
-from test_feedback_page import _overrides, _wait_up
 
 pytestmark = pytest.mark.slow
 
@@ -67,21 +65,6 @@ def _visible(driver, element_id: str) -> bool:
     return "hidden" not in (driver.find_element("id", element_id).get_attribute("class") or "")
 
 
-def _kill_tree(proc: subprocess.Popen) -> None:
-    import psutil
-
-    try:
-        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        family = []
-    for p in family:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    proc.wait(timeout=60)
-
-
 def test_a_person_gives_feedback_and_a_round_learns_from_it(browser, tiny_model_dir, tmp_path):
     from safetensors.torch import load_file
 
@@ -89,7 +72,7 @@ def test_a_person_gives_feedback_and_a_round_learns_from_it(browser, tiny_model_
     cfg = load_config(
         None,
         [
-            *_overrides(tiny_model_dir, run_dir),
+            *device_overrides(tiny_model_dir, run_dir),
             "fl.rounds=1",
             "fl.local_train_steps=2",
             "fl.num_cpus_per_client=1",
@@ -102,24 +85,9 @@ def test_a_person_gives_feedback_and_a_round_learns_from_it(browser, tiny_model_
     save_config(cfg, cfg_file)
     port, log = free_port(), tmp_path / "serve.log"
     url = f"http://127.0.0.1:{port}/"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "spearfl.cli.main",
-            "serve",
-            str(cfg_file),
-            "--client-id",
-            "0",
-            "--port",
-            str(port),
-        ],  # fmt: skip
-        stdout=open(log, "w"),  # noqa: SIM115
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    proc = spawn_spearfl(log, "serve", str(cfg_file), "--client-id", "0", "--port", str(port))
     try:
-        _wait_up(url, proc, log)
+        wait_for_page(url, proc, log)
         driver = browser
         driver.get(url)
         _until(lambda: driver.find_elements("css selector", "#queue button.pick"), what="queue")
@@ -152,7 +120,7 @@ def test_a_person_gives_feedback_and_a_round_learns_from_it(browser, tiny_model_
         status = httpx.get(url + "api/status", timeout=10).json()
         assert status["round"] == 1 and status["waiting_for_training"] == 0
     finally:
-        _kill_tree(proc)
+        kill_tree(proc)
 
     store = FeedbackStore.for_device(cfg.device_dir(0))
     rows = store.recent(100)

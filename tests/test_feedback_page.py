@@ -3,10 +3,7 @@ answered with clear errors and nothing stored wrongly, and a page killed mid-wri
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -17,28 +14,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from flower_cluster import free_port
+from helpers import device_overrides, spawn_spearfl, wait_for_page
 from spearfl.config import load_config
 from spearfl.feedback.store import FeedbackStore
 
 pytestmark = pytest.mark.slow
-
-
-def _overrides(model_dir: Path, out: Path) -> list[str]:
-    return [
-        f"model.model_name={model_dir}",
-        "data.dataset=embedded",
-        "data.num_clients=2",
-        "fl.clients_per_round=2",
-        "data.num_train_examples=60",
-        "data.num_eval_examples=8",
-        "data.min_examples_per_client=5",
-        "gen.max_new_tokens_y0=6",
-        "gen.max_new_tokens_y1=6",
-        "lora.last_n_layers=1",
-        "lora.r=4",
-        "feedback.provider=human",
-        f"output_dir={out}",
-    ]
 
 
 @pytest.fixture
@@ -46,7 +26,7 @@ def page(tiny_model_dir, tmp_path):
     from spearfl.device.model import DeviceModel
     from spearfl.device.page import create_app
 
-    cfg = load_config(None, _overrides(tiny_model_dir, tmp_path / "run"))
+    cfg = load_config(None, device_overrides(tiny_model_dir, tmp_path / "run"))
     device_dir = cfg.device_dir(0)
     store = FeedbackStore.for_device(device_dir)
     app = create_app(DeviceModel(cfg, 0, [device_dir]), store)
@@ -118,49 +98,22 @@ def test_bad_input_gets_a_clear_error_and_stores_nothing_wrong(page):
     assert store.get(item["id"]).hint == script
 
 
-def _spawn_page(cfg_file: Path, port: int, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "spearfl.cli.main",
-            "serve",
-            str(cfg_file),
-            "--client-id",
-            "0",
-            "--page-only",
-            "--port",
-            str(port),
-        ],  # fmt: skip
-        stdout=open(log, "a"),  # noqa: SIM115
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+def _spawn_page(cfg_file: Path, port: int, log: Path):
+    return spawn_spearfl(
+        log, "serve", str(cfg_file), "--client-id", "0", "--page-only", "--port", str(port)
     )
-
-
-def _wait_up(url: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            if httpx.get(url + "api/status", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(log.read_text()[-3000:])
 
 
 def test_killing_the_page_mid_write_loses_nothing_acknowledged(tiny_model_dir, tmp_path):
     from spearfl.config import save_config
 
-    cfg = load_config(None, _overrides(tiny_model_dir, tmp_path / "run"))
+    cfg = load_config(None, device_overrides(tiny_model_dir, tmp_path / "run"))
     cfg_file = tmp_path / "device.yaml"
     save_config(cfg, cfg_file)
     port, log = free_port(), tmp_path / "page.log"
     url = f"http://127.0.0.1:{port}/"
     proc = _spawn_page(cfg_file, port, log)
-    _wait_up(url, proc, log)
+    wait_for_page(url, proc, log)
 
     requests = [f"request-{i:04d}" for i in range(60)]
     acked: dict[str, dict] = {}
@@ -200,7 +153,7 @@ def test_killing_the_page_mid_write_loses_nothing_acknowledged(tiny_model_dir, t
 
     proc = _spawn_page(cfg_file, port, log)  # restart, then the client retries everything
     try:
-        _wait_up(url, proc, log)
+        wait_for_page(url, proc, log)
         for rid in requests:
             r = httpx.post(url + "api/ask", json={"request_id": rid, "question": rid + "?"},
                            timeout=30)  # fmt: skip
