@@ -43,7 +43,7 @@ def _train(mu_in_config: float, explicit_mu: float) -> tuple[torch.Tensor, float
         if explicit_mu:
             loss = loss + 0.5 * explicit_mu * (w - w0).pow(2).sum()
         (scale * loss).backward()
-        return float(loss)
+        return float(loss.detach())
 
     stats = run_local_steps({"w": w}, lr=0.1, cfg=cfg, micro_step=micro_step)
     assert stats.steps == 3
