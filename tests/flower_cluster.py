@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +63,8 @@ class LocalFederation:
     tls: dict[str, Path] | None = None
     node_config: dict[int, str] = field(default_factory=dict)
     """Extra ``--node-config`` items per node, e.g. ``data-path="/x.jsonl"``."""
+    external: dict[int, Callable[[LocalFederation], subprocess.Popen]] = field(default_factory=dict)
+    """Nodes the test starts itself (e.g. ``spearfl serve --superlink``), by client id."""
     link_port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
@@ -130,7 +133,10 @@ class LocalFederation:
         )
         self.write_cli_config()
         for i in range(self.num_nodes):
-            self.start_node(i)
+            if i in self.external:
+                self.procs[f"supernode{i}"] = self.external[i](self)
+            else:
+                self.start_node(i)
         deadline = time.monotonic() + timeout
         while self.online_count() < self.num_nodes:
             for name, proc in self.procs.items():

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flower_cluster import LocalFederation, make_tls_files
+from flower_cluster import LocalFederation, free_port, make_tls_files
 from helpers import tiny_run_overrides
 from spearfl.config import ConfigError, load_config, save_config
 from spearfl.federation.checkpoint import load_checkpoint
@@ -137,3 +137,66 @@ def test_a_supernode_killed_in_round_2_of_3(tiny_model_dir, tmp_path):
 
 def _history(run_dir: Path) -> list[dict]:
     return read_history(run_dir) if (run_dir / "history.jsonl").exists() else []
+
+
+@pytest.mark.slow
+def test_a_device_page_feeding_a_real_federation(tiny_model_dir, tmp_path):
+    """``spearfl serve --superlink``: the page and the device's SuperNode; a person's verdicts on
+    the page become that client's wins and losses in a round run with ``flwr run``."""
+    import httpx
+
+    from helpers import device_overrides, spawn_spearfl, wait_for_page
+    from spearfl.feedback.store import FeedbackStore
+
+    run_dir = tmp_path / "run"
+    cfg = load_config(
+        None,
+        [
+            *device_overrides(tiny_model_dir, run_dir),
+            "fl.rounds=1",
+            "fl.local_train_steps=2",
+            "optim.batch_size=2",
+            "optim.lr=0.01",
+            "data.eval_every=1",
+            "fl.round_timeout=300",
+        ],
+    )
+    cfg_file = tmp_path / "experiment.yaml"
+    save_config(cfg, cfg_file)
+    device_dir, port = tmp_path / "device-0", free_port()
+    url = f"http://127.0.0.1:{port}/"
+    log = tmp_path / "serve.log"
+
+    def device(fed: LocalFederation):
+        return spawn_spearfl(
+            log, "serve", str(cfg_file), "--client-id", "0", "--port", str(port),
+            "--device-dir", str(device_dir), "--superlink", f"127.0.0.1:{fed.link_port}",
+            "--node-port", str(free_port()),
+        )  # fmt: skip
+
+    fed = LocalFederation(tmp_path / "federation", num_nodes=2, external={0: device})
+    with fed:
+        wait_for_page(url, fed.procs["supernode0"], log)
+        verdicts = ["right", "wrong", "right"]
+        for i, verdict in enumerate(verdicts):
+            item = httpx.post(url + "api/ask", json={"request_id": f"device-0-{i:03d}",
+                              "question": f"Name a fruit ({i})"}, timeout=60).json()  # fmt: skip
+            body = (
+                {"verdict": verdict, "hint": "it grows on trees"}
+                if verdict == "wrong"
+                else {"verdict": verdict}
+            )
+            judged = httpx.post(url + f"api/interactions/{item['id']}/verdict", json=body,
+                                timeout=60).json()  # fmt: skip
+            if verdict == "wrong":
+                assert judged["revision"] is not None
+        assert httpx.get(url + "api/status", timeout=10).json()["waiting_for_training"] == 3
+        _run_to_completion(fed, tmp_path, cfg_file, run_dir)
+        assert httpx.get(url + "api/status", timeout=10).json()["waiting_for_training"] == 0
+
+    metrics = read_history(run_dir)[1]["client_metrics"]
+    assert (metrics["0"]["wins"], metrics["0"]["losses"], metrics["0"]["n_eff"]) == (2, 1, 2.0)
+    assert metrics["1"]["n_eff"] == 0.0  # a device nobody gave feedback to
+    store = FeedbackStore.for_device(device_dir)
+    assert {r.used_in_round for r in store.recent()} == {1}
+    assert load_checkpoint(device_dir).round_num == 0  # the adapter the device received

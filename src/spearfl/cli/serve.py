@@ -13,6 +13,7 @@ Three ways to run it:
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -37,9 +38,17 @@ def _supernode_command(args: argparse.Namespace, client_id: int, num_clients: in
         *(security or ["--insecure"]),
         "--superlink",
         args.superlink,
+        "--port",
+        str(args.node_port),
         "--node-config",
         f'partition-id={client_id} num-partitions={num_clients} device-dir="{device_dir}"',
     ]
+
+
+def _supernode_env() -> dict[str, str]:
+    """The SuperNode starts Flower's helper programs by name: this environment's come first."""
+    here = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": f"{here}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -83,7 +92,8 @@ def run_serve(args: argparse.Namespace) -> int:
     page.start()
     if args.superlink:
         node = subprocess.Popen(
-            _supernode_command(args, client_id, cfg.data.num_clients, device_dir)
+            _supernode_command(args, client_id, cfg.data.num_clients, device_dir),
+            env=_supernode_env(),
         )
         try:
             return node.wait()
@@ -135,4 +145,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     mode.add_argument("--page-only", action="store_true", help="only the page and its inbox")
     mode.add_argument("--superlink", metavar="HOST:PORT", help="join a real federation")
     serve.add_argument("--root-certificates", help="CA certificate for a TLS SuperLink")
+    serve.add_argument(
+        "--node-port", type=int, default=9094, help="the SuperNode's local port (--superlink)"
+    )
     serve.set_defaults(func=run_serve)
