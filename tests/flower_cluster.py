@@ -217,7 +217,11 @@ class LocalFederation:
             self.kill(name)
 
     def __enter__(self) -> LocalFederation:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()  # __exit__ does not run when __enter__ raises
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
