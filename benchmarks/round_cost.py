@@ -16,10 +16,10 @@ import torch
 
 from spearfl.algorithms.base import RoundContext
 from spearfl.algorithms.registry import build_algorithm
-from spearfl.configs import default_config_path
 from spearfl.config import load_config
+from spearfl.configs import default_config_path
 from spearfl.evaluation.evaluator import Evaluator
-from spearfl.federation.server_app import select_clients
+from spearfl.federation.server import select_clients
 from spearfl.federation.worker import shared_policy, shared_task_data
 from spearfl.tasks.registry import build_feedback
 

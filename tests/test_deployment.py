@@ -15,7 +15,8 @@ from flower_cluster import LocalFederation, free_port, make_tls_files
 from helpers import tiny_run_overrides
 from spearfl.config import ConfigError, load_config, save_config
 from spearfl.federation.checkpoint import load_checkpoint
-from spearfl.federation.server_app import select_clients, settings_from_run_config
+from spearfl.federation.server import select_clients
+from spearfl.federation.server_app import settings_from_run_config
 from spearfl.reporting.history import read_history
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ import torch
 from helpers import tiny_run_overrides
 from spearfl.config import load_config
 from spearfl.federation.checkpoint import CHECKPOINT_FILE, load_checkpoint
-from spearfl.federation.server_app import (
+from spearfl.federation.server import (
     Delivery,
     Failure,
     FederatedServer,

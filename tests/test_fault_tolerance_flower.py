@@ -15,7 +15,7 @@ import torch
 from helpers import kill_tree, tiny_run_overrides
 from spearfl.config import load_config
 from spearfl.federation.checkpoint import load_checkpoint
-from spearfl.federation.server_app import select_clients
+from spearfl.federation.server import select_clients
 from spearfl.reporting.history import read_history
 
 pytestmark = pytest.mark.slow

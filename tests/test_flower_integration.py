@@ -25,7 +25,7 @@ def test_flower_simulation_end_to_end(tiny_model_dir, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from spearfl.federation.server_app import select_clients
+    from spearfl.federation.server import select_clients
     from spearfl.federation.simulation import simulate
 
     run_dir = tmp_path / "run"

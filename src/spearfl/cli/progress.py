@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from spearfl.federation.server_app import RoundObserver
+from spearfl.federation.server import RoundObserver
 from spearfl.reporting.table import COLUMNS, format_round_row
 
 

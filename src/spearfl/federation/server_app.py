@@ -1,17 +1,17 @@
-"""The Flower ServerApp: sample clients, send the global adapter, aggregate, evaluate, record.
+"""The Flower ServerApp: the round loop of ``server.py`` driven through Flower's Grid.
 
-Clients are sampled by *client id* (data partition) with a seeded generator, so the same seed
-selects the same clients on the simulation engine and on a real federation; a ``query`` round
-at start-up maps client ids to the node ids of the SuperNodes serving them.
+A ``query`` round at start-up maps client ids to the node ids of the SuperNodes serving them;
+train messages carry the global adapter, the round and the run's configuration. ``app`` is the
+ServerApp ``flwr run`` starts on the deployment engine (``[tool.flwr.app.components]``);
+``build_server_app`` binds one to a config for the simulation engine (``spearfl run``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import random
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,322 +19,21 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from spearfl.config import Config, ConfigError, load_config, save_config
+from spearfl.config import Config, ConfigError, load_config
 from spearfl.configs import default_config_path
-from spearfl.evaluation.evaluator import Evaluator
-from spearfl.federation.aggregation import ServerOptimizer, weighted_average
-from spearfl.federation.checkpoint import (
-    Checkpoint,
-    capture_rng,
-    load_checkpoint,
-    restore_rng,
-    save_checkpoint,
-)
 from spearfl.federation.client_app import ADAPTER, CONFIG, METRICS
-from spearfl.federation.partition import partition_summary
-from spearfl.federation.validation import rejection_reason
-from spearfl.federation.worker import shared_policy, shared_task_data
-from spearfl.models.adapter import save_adapter
-from spearfl.reporting.curves import plot_curves
-from spearfl.reporting.history import (
-    HISTORY_FILE,
-    HistoryWriter,
-    read_history,
-    summarize,
-    truncate_history,
-    write_summary,
+from spearfl.federation.server import (
+    Delivery,
+    Failure,
+    FederatedServer,
+    Reply,
+    RoundObserver,
+    SendRound,
 )
 
 log = logging.getLogger(__name__)
 
 
-def select_clients(num_clients: int, per_round: int, seed: int, round_num: int) -> list[int]:
-    """The clients of a round: depends only on (seed, round), never on node ids or timing."""
-    rng = random.Random(f"select-{seed}-{round_num}")
-    return sorted(rng.sample(range(num_clients), min(per_round, num_clients)))
-
-
-def should_evaluate(cfg: Config, round_num: int) -> bool:
-    d = cfg.data
-    return (
-        round_num == cfg.fl.rounds
-        or round_num % d.eval_every == 0
-        or round_num <= d.eval_every_round_up_to
-    )
-
-
-class RoundObserver:
-    """Hooks for progress display; the default does nothing."""
-
-    def round_started(self, round_num: int, clients: list[int]) -> None: ...
-    def client_done(self, round_num: int, client_id: int, metrics: dict[str, float]) -> None: ...
-    def client_failed(self, round_num: int, client_id: int, reason: str) -> None: ...
-    def round_done(self, entry: dict[str, Any]) -> None: ...
-    def evaluating(self, round_num: int) -> None: ...
-
-
-@dataclass
-class Reply:
-    client_id: int
-    adapter: dict[str, torch.Tensor]
-    metrics: dict[str, float]
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A client that did not deliver a usable update this round, and why."""
-
-    client_id: int
-    reason: str
-    attempt: int = 0
-
-    def record(self) -> dict[str, Any]:
-        return {"client_id": self.client_id, "reason": self.reason, "attempt": self.attempt}
-
-
-@dataclass
-class Delivery:
-    """What sending the global adapter to some clients brought back."""
-
-    replies: list[Reply] = field(default_factory=list)
-    failures: list[Failure] = field(default_factory=list)
-
-
-SendRound = Callable[[int, list[int], dict[str, torch.Tensor]], Delivery]
-"""``send(round, client_ids, global_adapter)``: one delivery attempt to those clients."""
-
-
-class RoundFailed(RuntimeError):
-    """Too few clients delivered a usable update, even after every retry."""
-
-
-def replacement_clients(
-    num_clients: int, tried: Iterable[int], count: int, seed: int, round_num: int, attempt: int
-) -> list[int]:
-    """Clients not yet tried this round to stand in for failed ones (seeded, like the first
-    draw, so a rerun or a resumed run retries with the same clients)."""
-    pool = sorted(set(range(num_clients)) - set(tried))
-    rng = random.Random(f"retry-{seed}-{round_num}-{attempt}")
-    return sorted(rng.sample(pool, min(count, len(pool))))
-
-
-@dataclass
-class RoundOutcome:
-    accepted: list[Reply]
-    failures: list[Failure]
-    rejected: list[Failure]
-    attempts: int
-
-
-@dataclass
-class FederatedServer:
-    cfg: Config
-    run_dir: Path
-    observer: RoundObserver = field(default_factory=RoundObserver)
-
-    def __post_init__(self) -> None:
-        self.run_dir = Path(self.run_dir)
-        self.policy = shared_policy(self.cfg)
-        self.task, data, self.parts = shared_task_data(self.cfg)
-        self.evaluator = Evaluator(
-            self.policy,
-            self.task,
-            data.eval,
-            batch_size=self.cfg.gen.eval_batch_size,
-            max_new_tokens=self.cfg.gen.eval_max_new_tokens or self.cfg.gen.max_new_tokens_y0,
-        )
-        self.labels = [ex.label for ex in data.train]
-        fl = self.cfg.fl
-        self.optimizer = ServerOptimizer(
-            fl.aggregation,
-            lr=fl.server_lr,
-            beta1=fl.server_beta1,
-            beta2=fl.server_beta2,
-            tau=fl.server_tau,
-        )
-        self.global_adapter = self.policy.get_adapter()
-
-    # ------------------------------------------------------------------ pieces
-    def evaluate(self, round_num: int) -> dict[str, Any]:
-        self.observer.evaluating(round_num)
-        self.policy.set_adapter(self.global_adapter)
-        return self.evaluator.evaluate()
-
-    def save(self, name: str) -> None:
-        save_adapter(self.policy.model, self.global_adapter, self.run_dir / "adapters" / name)
-
-    def aggregate(self, replies: list[Reply]) -> int:
-        """Fold the replies into the global adapter; returns how many carried weight.
-
-        Replies with ``n_eff == 0`` (a client with nothing to learn from) carry no weight; when
-        no reply carries weight the global adapter stays as it is.
-        """
-        weighted = [r for r in replies if r.metrics["n_eff"] > 0]
-        if not weighted:
-            return 0
-        averaged = weighted_average(
-            [r.adapter for r in weighted], [r.metrics["n_eff"] for r in weighted]
-        )
-        self.global_adapter = self.optimizer.step(self.global_adapter, averaged)
-        return len(weighted)
-
-    def screen(self, round_num: int, reply: Reply, attempt: int) -> Failure | None:
-        """A rejection (logged) when the reply fails the checks of ``validation``."""
-        reason = rejection_reason(
-            self.global_adapter,
-            reply.adapter,
-            reply.metrics.get("n_eff"),
-            self.cfg.fl.max_update_norm,
-        )
-        if reason is None:
-            return None
-        log.warning(
-            "round %d: update of client %d rejected: %s", round_num, reply.client_id, reason
-        )
-        self.observer.client_failed(round_num, reply.client_id, f"rejected: {reason}")
-        return Failure(reply.client_id, reason, attempt)
-
-    def collect(self, round_num: int, send: SendRound) -> RoundOutcome:
-        """Send to the round's clients; while fewer than ``fl.min_clients`` usable updates came
-        back, retry with clients not tried yet (up to ``fl.max_round_retries`` times)."""
-        fl, seed = self.cfg.fl, self.cfg.data.seed
-        clients = select_clients(self.cfg.data.num_clients, fl.clients_per_round, seed, round_num)
-        outcome = RoundOutcome([], [], [], 0)
-        tried: list[int] = []
-        while clients:
-            attempt = outcome.attempts
-            outcome.attempts += 1
-            tried += clients
-            self.observer.round_started(round_num, clients)
-            delivery = send(round_num, clients, self.global_adapter)
-            for failure in delivery.failures:
-                log.warning(
-                    "round %d: client %d failed: %s", round_num, failure.client_id, failure.reason
-                )
-                self.observer.client_failed(round_num, failure.client_id, failure.reason)
-                outcome.failures.append(Failure(failure.client_id, failure.reason, attempt))
-            for reply in delivery.replies:
-                rejected = self.screen(round_num, reply, attempt)
-                if rejected:
-                    outcome.rejected.append(rejected)
-                else:
-                    outcome.accepted.append(reply)
-            missing = fl.min_clients - len(outcome.accepted)
-            if missing <= 0 or attempt >= fl.max_round_retries:
-                break
-            clients = replacement_clients(
-                self.cfg.data.num_clients, tried, missing, seed, round_num, attempt + 1
-            )
-        if len(outcome.accepted) < fl.min_clients:
-            raise RoundFailed(
-                f"round {round_num}: {len(outcome.accepted)} usable update(s) from clients "
-                f"{sorted(tried)} after {outcome.attempts} attempt(s); fl.min_clients = "
-                f"{fl.min_clients}. The last complete round is checkpointed: fix the clients and "
-                f"continue with `spearfl run --resume {self.run_dir}`"
-            )
-        outcome.accepted.sort(key=lambda r: r.client_id)
-        return outcome
-
-    def checkpoint(self, round_num: int, elapsed: float) -> None:
-        torch_rng, python_rng = capture_rng()
-        save_checkpoint(
-            self.run_dir,
-            Checkpoint(
-                round_num=round_num,
-                adapter=self.global_adapter,
-                optimizer=self.optimizer.state_dict(),
-                torch_rng=torch_rng,
-                python_rng=python_rng,
-                elapsed_seconds=elapsed,
-            ),
-        )
-
-    def restore(self) -> tuple[int, float]:
-        """Continue from the run directory's checkpoint: (last complete round, seconds spent)."""
-        ckpt = load_checkpoint(self.run_dir)
-        if ckpt is None:
-            return -1, 0.0
-        self.global_adapter = dict(ckpt.adapter)
-        self.optimizer.load_state_dict(ckpt.optimizer)
-        restore_rng(ckpt)
-        dropped = truncate_history(self.run_dir, ckpt.round_num)
-        if dropped:
-            log.info("dropped %d history entr(ies) after round %d", dropped, ckpt.round_num)
-        return ckpt.round_num, ckpt.elapsed_seconds
-
-    def start(self, writer: HistoryWriter) -> None:
-        """Round 0: the run's files, the untrained model's accuracy, the first checkpoint."""
-        save_config(self.cfg, self.run_dir / "config.yaml")
-        (self.run_dir / "partition.json").write_text(
-            _json(partition_summary(self.parts, self.labels))
-        )
-        entry0 = {"round": 0, "clients": [], "client_metrics": {}, "eval": self.evaluate(0)}
-        writer.append(entry0)
-        self.save("round_0000")
-        self.observer.round_done(entry0)
-
-    # -------------------------------------------------------------------- run
-    def run(
-        self,
-        send: SendRound,
-        resume: bool = False,
-        before_round: Callable[[int], None] | None = None,
-    ) -> dict:
-        """All rounds (from the last checkpoint when ``resume``); ``send`` reaches the clients.
-
-        ``before_round(r)`` is called before each round starts and may block (``spearfl serve``
-        waits there until the person asks for the next round)."""
-        started = time.perf_counter()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        done, spent = self.restore() if resume else (-1, 0.0)
-        writer = HistoryWriter(self.run_dir)
-        if done < 0:
-            if (self.run_dir / HISTORY_FILE).exists():
-                (self.run_dir / HISTORY_FILE).unlink()  # a run that never checkpointed: redo
-                writer = HistoryWriter(self.run_dir)
-            self.start(writer)
-            done = 0
-            self.checkpoint(0, time.perf_counter() - started)
-        fl = self.cfg.fl
-        for r in range(done + 1, fl.rounds + 1):
-            if before_round is not None:
-                before_round(r)
-            t0 = time.perf_counter()
-            outcome = self.collect(r, send)
-            weighted = self.aggregate(outcome.accepted)
-            entry: dict[str, Any] = {
-                "round": r,
-                "clients": [rep.client_id for rep in outcome.accepted],
-                "client_metrics": {str(rep.client_id): rep.metrics for rep in outcome.accepted},
-                "eval": None,
-            }
-            if outcome.failures or outcome.rejected or weighted < len(outcome.accepted):
-                entry["failures"] = [f.record() for f in outcome.failures]
-                entry["rejected"] = [f.record() for f in outcome.rejected]
-                entry["attempts"] = outcome.attempts
-                entry["aggregated"] = weighted
-            if should_evaluate(self.cfg, r):
-                entry["eval"] = self.evaluate(r)
-                self.save(f"round_{r:04d}")
-            entry["seconds"] = round(time.perf_counter() - t0, 2)
-            writer.append(entry)
-            self.checkpoint(r, spent + time.perf_counter() - started)
-            self.observer.round_done(entry)
-        self.save("final")
-        history = read_history(self.run_dir)
-        summary = summarize(history, spent + time.perf_counter() - started)
-        write_summary(self.run_dir, summary)
-        plot_curves(history, self.run_dir / "curves.png")
-        return summary
-
-
-def _json(data: Any) -> str:
-    import json
-
-    return json.dumps(data, indent=2)
-
-
-# ---------------------------------------------------------------- Flower glue
 def map_clients(grid: Grid, expected: int, timeout: float = 600.0) -> dict[int, int]:
     """Ask every node which client id it serves: ``{client_id: node_id}``."""
     deadline = time.monotonic() + timeout
@@ -523,4 +222,4 @@ def deployment_main(grid: Grid, context: Context) -> None:
     summary = FederatedServer(cfg, run_dir, observer).run(
         grid_sender(grid, cfg, observer), resume=resume
     )
-    log.warning("run finished: %s", _json(summary))
+    log.warning("run finished: %s", json.dumps(summary, indent=2))

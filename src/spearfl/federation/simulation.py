@@ -12,7 +12,8 @@ from flwr.simulation import run_simulation
 
 from spearfl.config import Config
 from spearfl.federation.client_app import app as default_client_app
-from spearfl.federation.server_app import RoundObserver, build_server_app
+from spearfl.federation.server import RoundObserver
+from spearfl.federation.server_app import build_server_app
 
 
 class _DropNotice(logging.Filter):
