@@ -24,6 +24,20 @@ from spearfl.config import ConfigError, load_config
 from spearfl.configs import default_config_path
 
 
+def last_round_clients(run_dir: Path) -> dict:
+    """Which clients the latest finished round drew (the page tells its person whether their
+    device took part)."""
+    from spearfl.reporting.history import HISTORY_FILE, read_history
+
+    if not (run_dir / HISTORY_FILE).is_file():
+        return {}
+    rounds = [e for e in read_history(run_dir) if int(e["round"]) > 0]
+    if not rounds:
+        return {}
+    last = rounds[-1]
+    return {"last_round": int(last["round"]), "last_round_clients": list(last["clients"])}
+
+
 def _page_server(app, host: str, port: int):
     import uvicorn
 
@@ -81,7 +95,8 @@ def run_serve(args: argparse.Namespace) -> int:
     device = DeviceModel(cfg, client_id, watch)
     store = FeedbackStore.for_device(device_dir)
     trigger = RoundTrigger() if simulated else None
-    server = _page_server(create_app(device, store, trigger), args.host, args.port)
+    extra = (lambda: last_round_clients(run_dir)) if simulated else None
+    server = _page_server(create_app(device, store, trigger, extra), args.host, args.port)
     url = f"http://{args.host}:{args.port}/"
     print(f"feedback page for client {client_id}: {url}  (inbox: {store.path})", flush=True)
     if args.page_only:
