@@ -7,8 +7,11 @@ pulls the student's next-token distributions on its own completions towards the 
 token-level KL(teacher ‖ student) at temperature T, scaled by T². This is what SPEAR avoids:
 ground truth in the model's context.
 
-``n_eff`` is the number of rollouts: every completion carries a distillation signal, right or
-wrong, so there is no analogue of SPEAR's win count.
+``n_eff`` is the number of rollouts with a non-empty answer: every such completion carries a
+distillation signal, right or wrong, so there is no analogue of SPEAR's win count. The KL covers
+the tokens the student wrote, not the position where it stopped (``distill.distill_eos``): with
+the gold answer in its context, the teacher does not want to stop after a wrong answer, and
+distilling that decision taught the student never to stop.
 """
 
 from __future__ import annotations
@@ -127,13 +130,14 @@ class OPSDUpdate(ClientAlgorithm):
         prompts = [policy.encode(task.messages(ex), task.assistant_prefix(ex)) for ex in chosen]
         outs = generator(prompts, self.cfg.gen.max_new_tokens_y0)
         correct = [self.provider.check(ex, out.text) for ex, out in zip(chosen, outs)]
-        # A completion that stopped by itself keeps its EOS: the stop decision is distilled too.
-        eos = (policy.eos_id,)
+        # The KL covers the tokens the student wrote; its stop decision only with distill_eos.
+        eos = (policy.eos_id,) if self.cfg.distill.distill_eos else ()
         traces = [
             Trace(ex, tuple(p), (*out.completion_ids, *(eos if out.finished else ())), out.text)
             for ex, p, out in zip(chosen, prompts, outs)
         ]
-        n = len(traces)
+        traces = [t for t in traces if t.completion_ids]  # an empty answer has nothing to distill
+        n = len(outs)
         lr = round_lr(self.cfg, ctx.round_num, ctx.total_rounds)
         metrics: dict[str, float] = {
             "num_rollouts": n,
@@ -164,4 +168,4 @@ class OPSDUpdate(ClientAlgorithm):
             train_seconds=time.perf_counter() - started,
             trained=1,
         )
-        return ClientUpdateResult(policy.get_adapter(), float(n), metrics)
+        return ClientUpdateResult(policy.get_adapter(), float(len(traces)), metrics)
