@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 
 from spearfl.cli.compare import add_parser as add_compare_parser
+from spearfl.cli.options import config_source, load_or_report
 from spearfl.cli.serve import add_parser as add_serve_parser
-from spearfl.config import ConfigError, load_config
-from spearfl.configs import default_config_path
 
 
 def _resume_config(args: argparse.Namespace) -> tuple[Path, list[str]] | str:
@@ -38,14 +37,9 @@ def _run(args: argparse.Namespace) -> int:
             return 2
         path, overrides = found
     else:
-        path = Path(args.config) if args.config else default_config_path()
-        overrides = list(args.set or [])
-        if args.output_dir:
-            overrides.append(f"output_dir={args.output_dir}")
-    try:
-        cfg = load_config(path, overrides)
-    except ConfigError as err:
-        print(f"spearfl: config error: {err}", file=sys.stderr)
+        path, overrides = config_source(args)
+    cfg = load_or_report(path, overrides)
+    if cfg is None:
         return 2
     run_dir = Path(cfg.output_dir)
     if not args.resume and (run_dir / "history.jsonl").exists() and not args.overwrite:

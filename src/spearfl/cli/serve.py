@@ -20,8 +20,7 @@ import sys
 import threading
 from pathlib import Path
 
-from spearfl.config import ConfigError, load_config
-from spearfl.configs import default_config_path
+from spearfl.cli.options import config_source, load_or_report
 
 
 def last_round_clients(run_dir: Path) -> dict:
@@ -66,14 +65,8 @@ def _supernode_env() -> dict[str, str]:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    path = Path(args.config) if args.config else default_config_path()
-    overrides = [*(args.set or []), "feedback.provider=human"]
-    if args.output_dir:
-        overrides.append(f"output_dir={args.output_dir}")
-    try:
-        cfg = load_config(path, overrides)
-    except ConfigError as err:
-        print(f"spearfl: config error: {err}", file=sys.stderr)
+    cfg = load_or_report(*config_source(args, ["feedback.provider=human"]))
+    if cfg is None:
         return 2
     client_id = args.client_id
     if not 0 <= client_id < cfg.data.num_clients:
