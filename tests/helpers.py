@@ -123,3 +123,20 @@ def kill_tree(proc, sig: int | None = None) -> None:
         except psutil.NoSuchProcess:
             pass
     proc.wait(timeout=60)
+
+
+def row_with(base: dict, **changes: object) -> dict:
+    """A deep copy of a dataset row with some fields replaced (for malformed-row tests)."""
+    import json
+
+    row = json.loads(json.dumps(base))
+    row.update(changes)
+    return row
+
+
+def write_jsonl(path: Path, rows: list[object]) -> Path:
+    """One JSON value per line, as the Hugging Face JSONL layout has them."""
+    import json
+
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path

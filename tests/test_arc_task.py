@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import row_with, write_jsonl
 from spearfl.feedback.oracle import OracleFeedback
 from spearfl.tasks.arc import ArcChallengeTask
 from spearfl.tasks.base import LETTERS, Example, TaskData
@@ -37,15 +38,8 @@ def _states_letter(text: str, letter: str) -> bool:
     return re.search(rf"(?<![A-Za-z0-9]){letter}(?![A-Za-z0-9])", text) is not None
 
 
-def _write_jsonl(path: Path, rows: list[object]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
-
-
 def _row(**changes: object) -> dict[str, object]:
-    row = json.loads(json.dumps(GOOD_ROW))
-    row.update(changes)
-    return row
+    return row_with(GOOD_ROW, **changes)
 
 
 @pytest.fixture(scope="module")
@@ -274,7 +268,7 @@ def test_malformed_rows_name_file_and_row(tmp_path: Path, bad_line: object, mess
     bad = bad_line if isinstance(bad_line, str) else json.dumps(bad_line)
     lines = [json.dumps(GOOD_ROW), json.dumps(_row(id="q2")), bad, json.dumps(_row(id="q4"))]
     (folder / "train.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    _write_jsonl(folder / "validation.jsonl", [_row(id="v1")])
+    write_jsonl(folder / "validation.jsonl", [_row(id="v1")])
 
     with pytest.raises(DataError, match=message) as info:
         ArcChallengeTask(path=str(folder)).load()
@@ -290,8 +284,8 @@ def test_malformed_rows_name_file_and_row(tmp_path: Path, bad_line: object, mess
 
 
 def test_skip_counts_across_files_and_resets(tmp_path: Path) -> None:
-    _write_jsonl(tmp_path / "train.jsonl", [GOOD_ROW, _row(answerKey="Z"), _row(id="q3")])
-    _write_jsonl(tmp_path / "validation.jsonl", [_row(id="v1"), _row(choices={})])
+    write_jsonl(tmp_path / "train.jsonl", [GOOD_ROW, _row(answerKey="Z"), _row(id="q3")])
+    write_jsonl(tmp_path / "validation.jsonl", [_row(id="v1"), _row(choices={})])
     task = ArcChallengeTask(path=str(tmp_path), skip_bad_rows=True)
     for _ in range(2):  # a second load starts counting afresh
         data = task.load()
@@ -340,7 +334,7 @@ def test_json_array_and_json_lines_files(tmp_path: Path) -> None:
         (1, "q1"),
         (2, "q2"),
     ]
-    lines = _write_jsonl(tmp_path / "lines.json", [GOOD_ROW, _row(id="q2")])
+    lines = write_jsonl(tmp_path / "lines.json", [GOOD_ROW, _row(id="q2")])
     assert [r.data["id"] for r in read_local_rows(lines, "train")] == ["q1", "q2"]
 
 
@@ -364,7 +358,7 @@ def test_split_file_selection(tmp_path: Path) -> None:
 
 def test_eval_fraction_split(tmp_path: Path) -> None:
     rows = [_row(id=f"q{i}") for i in range(100)]
-    source = _write_jsonl(tmp_path / "all.jsonl", rows)
+    source = write_jsonl(tmp_path / "all.jsonl", rows)
     data = ArcChallengeTask(path=str(source), eval_fraction=0.05).load()
     assert len(data.train) == 95 and len(data.eval) == 5
     assert [ex.uid for ex in data.eval] == [f"q{i}" for i in range(95, 100)]
@@ -372,7 +366,7 @@ def test_eval_fraction_split(tmp_path: Path) -> None:
 
     folder = tmp_path / "only_train"
     folder.mkdir()
-    _write_jsonl(folder / "train.jsonl", rows[:10])
+    write_jsonl(folder / "train.jsonl", rows[:10])
     data = ArcChallengeTask(path=str(folder), eval_split="test", eval_fraction=0.02).load()
     assert len(data.train) == 9 and [ex.uid for ex in data.eval] == ["q9"]  # at least one row
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import row_with, write_jsonl
 from spearfl.config import load_config
 from spearfl.tasks.base import LETTERS, Example, TaskData
 from spearfl.tasks.hellaswag import HellaSwagTask, clean_text
@@ -39,14 +40,7 @@ def _states_letter(text: str, letter: str) -> bool:
 
 
 def _row(**changes: object) -> dict[str, object]:
-    row = json.loads(json.dumps(GOOD_ROW))
-    row.update(changes)
-    return row
-
-
-def _write_jsonl(path: Path, rows: list[object]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
+    return row_with(GOOD_ROW, **changes)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +113,7 @@ def test_int_labels_and_ctx_parts(tmp_path: Path) -> None:
         _row(ind=2, ctx=None, ctx_a="A dog runs.", ctx_b="it"),
         _row(ind=3, activity_label=""),
     ]
-    data = HellaSwagTask(path=str(_write_jsonl(tmp_path / "rows.jsonl", rows * 2))).load()
+    data = HellaSwagTask(path=str(write_jsonl(tmp_path / "rows.jsonl", rows * 2))).load()
     first, second, third = data.train[:3]
     assert first.gold == "C" and first.uid == "activitynet~v_x:1"
     assert second.question == "Baking cookies: A dog runs. it"
@@ -207,7 +201,7 @@ def test_hint_never_leaks_on_any_row(all_examples: list[Example]) -> None:
 def test_malformed_rows_name_file_and_row(tmp_path: Path, bad_row: dict, message: str) -> None:
     rows = [_row(ind=i) for i in range(1, 5)]
     rows[2] = bad_row
-    file = _write_jsonl(tmp_path / "validation_part1.jsonl", rows)
+    file = write_jsonl(tmp_path / "validation_part1.jsonl", rows)
     with pytest.raises(DataError, match=message) as info:
         HellaSwagTask(path=str(tmp_path)).load()
     assert str(info.value).startswith(f"{file}, row 3: ")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import pytest
 
+from helpers import write_jsonl
 from spearfl.config import load_config
 from spearfl.tasks.base import Example, TaskData
 from spearfl.tasks.math_mcqa import MathMCQATask, mentions, strip_boxed
@@ -65,11 +65,6 @@ BAD_INDEX = {**ROWS[4], "answer": 4}
 THREE_CHOICES = {**ROWS[4], "choices": ["$1$", "$2$", "$3$"]}
 
 
-def _write_jsonl(path: Path, rows: list[object]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
-
-
 def _norm(text: str) -> str:
     return " ".join(text.lower().split())
 
@@ -80,8 +75,8 @@ def _states_letter(text: str, letter: str) -> bool:
 
 @pytest.fixture()
 def math_dir(tmp_path: Path) -> Path:
-    _write_jsonl(tmp_path / "train.jsonl", ROWS)
-    _write_jsonl(tmp_path / "test.jsonl", ROWS[:2])
+    write_jsonl(tmp_path / "train.jsonl", ROWS)
+    write_jsonl(tmp_path / "test.jsonl", ROWS[:2])
     return tmp_path
 
 
@@ -114,7 +109,7 @@ def test_prompt_lists_options_and_asks_for_answer_line(math_data: TaskData) -> N
 
 
 def test_eval_falls_back_to_train_tail(tmp_path: Path) -> None:
-    _write_jsonl(tmp_path / "train.jsonl", ROWS)
+    write_jsonl(tmp_path / "train.jsonl", ROWS)
     task = MathMCQATask(path=str(tmp_path), eval_fraction=0.34)
     data = task.load()
     assert len(data.train) == 4 and [ex.meta["row"] for ex in data.eval] == [5, 6]
@@ -135,7 +130,7 @@ def test_eval_falls_back_to_train_tail(tmp_path: Path) -> None:
     ],
 )
 def test_malformed_rows_name_file_and_row(tmp_path: Path, bad_row: dict, message: str) -> None:
-    file = _write_jsonl(tmp_path / "train.jsonl", [*ROWS[:3], bad_row, *ROWS[3:]])
+    file = write_jsonl(tmp_path / "train.jsonl", [*ROWS[:3], bad_row, *ROWS[3:]])
     with pytest.raises(DataError, match=message) as info:
         MathMCQATask(path=str(tmp_path)).load()
     assert str(info.value).startswith(f"{file}, row 4: ")
@@ -147,7 +142,7 @@ def test_malformed_rows_name_file_and_row(tmp_path: Path, bad_row: dict, message
 
 
 def test_skip_counts_both_bad_rows(tmp_path: Path) -> None:
-    _write_jsonl(tmp_path / "train.jsonl", [BAD_INDEX, *ROWS, THREE_CHOICES])
+    write_jsonl(tmp_path / "train.jsonl", [BAD_INDEX, *ROWS, THREE_CHOICES])
     task = MathMCQATask(path=str(tmp_path), skip_bad_rows=True)
     data = task.load()
     assert len(data.train) + len(data.eval) == len(ROWS) and task.bad_rows.count == 2

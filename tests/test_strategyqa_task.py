@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import row_with, write_jsonl
 from spearfl.config import load_config
 from spearfl.feedback.oracle import OracleFeedback
 from spearfl.tasks.base import Example, TaskData
@@ -30,14 +31,7 @@ _LEAK = re.compile(r"answer\s*:|(?<![A-Za-z])(yes|no)(?![A-Za-z])", re.IGNORECAS
 
 
 def _row(**changes: object) -> dict[str, object]:
-    row = json.loads(json.dumps(GOOD_ROW))
-    row.update(changes)
-    return row
-
-
-def _write_jsonl(path: Path, rows: list[object]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
+    return row_with(GOOD_ROW, **changes)
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +214,7 @@ def test_hint_skips_a_fact_with_yes_or_no() -> None:
 def test_malformed_rows_name_file_and_row(tmp_path: Path, bad_row: dict, message: str) -> None:
     rows = [_row(qid=f"q{i}") for i in range(1, 5)]
     rows[1] = bad_row
-    file = _write_jsonl(tmp_path / "train.jsonl", rows)
+    file = write_jsonl(tmp_path / "train.jsonl", rows)
     with pytest.raises(DataError, match=message) as info:
         StrategyQATask(path=str(tmp_path)).load()
     assert str(info.value).startswith(f"{file}, row 2: ")
@@ -233,7 +227,7 @@ def test_malformed_rows_name_file_and_row(tmp_path: Path, bad_row: dict, message
 
 def test_true_false_strings_are_accepted(tmp_path: Path) -> None:
     rows = [_row(qid="a", answer="True"), _row(qid="b", answer=" false "), _row(qid="c")]
-    data = StrategyQATask(path=str(_write_jsonl(tmp_path / "train.jsonl", rows))).load()
+    data = StrategyQATask(path=str(write_jsonl(tmp_path / "train.jsonl", rows))).load()
     assert [ex.gold for ex in data.train + data.eval] == ["yes", "no", "no"]
 
 
