@@ -125,7 +125,7 @@ def create_app(
     def status() -> dict:
         with store_lock:
             total = store.count()
-            waiting = len(store.judged_unused())
+            waiting = store.count_waiting()  # polled every 2 s: a count, not the rows
         info = {
             "client_id": device.client_id,
             "round": device.refresh(),

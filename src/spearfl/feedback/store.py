@@ -275,5 +275,12 @@ class FeedbackStore:
         ).fetchall()
         return [Interaction.from_row(r) for r in rows]
 
+    def count_waiting(self) -> int:
+        """How many judged interactions no round has trained on yet (what the page shows)."""
+        query = (
+            "SELECT COUNT(*) FROM interactions WHERE used_in_round IS NULL AND verdict IS NOT NULL"
+        )
+        return int(self._conn.execute(query).fetchone()[0])
+
     def count(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM interactions").fetchone()[0])
