@@ -122,8 +122,8 @@ def test_fixed_on_second_revision():
     )
     # the second revision sees the first revision as the previous attempt, with its hint
     second = policy.seen[2]
-    assert "<assistant>red\n<user>" in second  # the previous attempt is the model's own turn
-    hint = second.split("<assistant>red\n<user>")[1].split("\n")[0]
+    assert "You answered: red\n" in second
+    hint = second.split("You answered: red\n")[1].split("\n")[0]
     assert hint.startswith("That is not right. It is not red, and it is not ")
     assert "dog" not in hint  # the gold text never leaks into the hint
     # the revision re-lists only the two options the hint did not rule out, gold among them
@@ -191,7 +191,7 @@ def test_invalid_answer_is_counted_and_revised():
     assert [t.text for t in result.wins] == ["dog"]
     assert [(t.text, t.confidence) for t in result.losses] == [("a duck maybe", 1.0)]
     # a hint for an answer that is no option rules out two wrong options, never the gold one
-    hint_line = policy.seen[1].split("<assistant>a duck maybe\n<user>")[1].split("\n")[0]
+    hint_line = policy.seen[1].split("You answered: a duck maybe\n")[1].split("\n")[0]
     match = re.fullmatch(
         r"That is not right\. It is not (car|red|apple), and it is not (car|red|apple)\.",
         hint_line,
@@ -239,17 +239,17 @@ def test_hints_false_uses_the_bare_hint():
         chr(i) for i in policy.encode(TASK.revision_messages(EX_FIX, "car", "That is not right."))
     )
     assert revision == expected
-    assert "<assistant>car\n<user>That is not right.\nWhich of these is an animal?\n" in revision
+    assert "You answered: car\nThat is not right.\n\n" in revision
     assert "It is not" not in revision
     # the control re-lists all four options: nothing was ruled out
-    assert "Options: car, dog, red, apple\n" in revision.split("<assistant>car")[1]
+    assert "Options: car, dog, red, apple\n" in revision.split("You answered:")[1]
 
 
 def test_hints_true_uses_the_oracle_hint():
     policy = ScriptedPolicy({_options(EX_FIX): ["car", "dog"]})
     self_play_rollout(policy, TASK, ORACLE, [EX_FIX], GEN)
     revision = policy.seen[1]
-    assert "<assistant>car\n<user>That is not right. It is not car, and it is not " in revision
+    assert "You answered: car\nThat is not right. It is not car, and it is not " in revision
     listed = revision.split("Options: ")[-1].split("\n")[0].split(", ")
     assert len(listed) == 2 and "dog" in listed and "car" not in listed
 
@@ -335,7 +335,7 @@ def test_spear_rollout_hints_false_uses_bare_hint():
     policy = ScriptedPolicy({_options(EX_FIX): ["car", "dog"]})
     result = _spear(policy, "feedback.hints=false").rollout([EX_FIX], CTX)
     assert [t.text for t in result.wins] == ["dog"]
-    assert "<assistant>car\n<user>That is not right.\nWhich of" in policy.seen[1]
+    assert "You answered: car\nThat is not right.\n\n" in policy.seen[1]
 
 
 # ----------------------------------------------------------------- oracle hint

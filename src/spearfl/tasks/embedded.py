@@ -419,26 +419,19 @@ class EmbeddedCategoryTask(Task):
         ]
 
     def revision_messages(self, example: Example, previous: str, hint: str) -> list[Message]:
-        """The conversation so far (the previous attempt as the model's turn), then the feedback
-        and the question again without the options the feedback ruled out.
+        """The question again, without the options the feedback ruled out, plus the feedback.
 
         A hint like "it is not X and not Y" leaves two options; re-listing only those is what
-        lets a small model act on it. Keeping the attempt as the model's own turn, rather than
-        quoting it inside the user's message, is what keeps a 135M model answering with an
-        option instead of commenting on the quote: measured on 76 wrong first answers, 2-3x as
-        many revisions were valid options and they were a third shorter (docs/comparison.md).
-        The hint itself never names the answer.
+        lets a small model act on it. The hint itself never names the answer.
         """
         remaining = [o for o in example.options if not _mentions(hint, o)] or list(example.options)
-        return [
-            *self.messages(example),
-            {"role": "assistant", "content": previous.strip()[:80]},
-            {
-                "role": "user",
-                "content": f"{hint}\n{example.question}\nOptions: {', '.join(remaining)}\n"
-                f"{_INSTRUCTION}",
-            },
-        ]
+        question = f"{example.question}\nOptions: {', '.join(remaining)}\n{_INSTRUCTION}"
+        convo = self.messages(example)
+        convo[-1] = {
+            "role": "user",
+            "content": f"You answered: {previous.strip()[:80]}\n{hint}\n\n{question}",
+        }
+        return convo
 
     # --------------------------------------------------------------- answers
     def extract_answer(self, example: Example, completion: str) -> str | None:
