@@ -16,6 +16,7 @@ from spearfl.reporting.comparison import (
     COMPARISON_PNG,
     TABLE_COLUMNS,
     load_run,
+    per_round_table,
     ratio_line,
     table_rows,
     write_comparison,
@@ -25,9 +26,13 @@ from spearfl.reporting.history import HistoryWriter, write_summary
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _client(tokens: int, rollout: float, train: float, rss: float) -> dict[str, float]:
+def _client(
+    tokens: int, rollout: float, train: float, rss: float, right: int = 0, asked: int = 8
+) -> dict[str, float]:
     return {
         "tokens_generated": tokens,
+        "y0_correct": right,
+        "num_rollouts": asked,
         "completions_generated": tokens // 4,
         "rollout_seconds": rollout,
         "train_seconds": train,
@@ -35,6 +40,11 @@ def _client(tokens: int, rollout: float, train: float, rss: float) -> dict[str, 
         "adapter_bytes": 1000.0,
         "n_eff": 1.0,
     }
+
+
+def _share_only(client: dict[str, float]) -> dict[str, float]:
+    right = client.pop("y0_correct")
+    return {**client, "y0_accuracy": right / client["num_rollouts"]}
 
 
 def _entry(round_num: int, clients: dict[str, dict], accuracy: float | None) -> dict[str, Any]:
@@ -51,12 +61,12 @@ def _write_run(run_dir: Path, history: list[dict[str, Any]], summary: dict[str, 
 
 
 def _spear(run_dir: Path) -> Path:
-    """3 rounds, 1,200 tokens (400 a round), eval at rounds 0, 1 and 3."""
+    """3 rounds, 1,200 tokens (400, 500, 300), eval at rounds 0, 1 and 3."""
     history = [
         _entry(0, {}, 0.25),
-        _entry(1, {"0": _client(300, 1.5, 2.0, 800), "1": _client(100, 0.5, 1.0, 750)}, 0.5),
-        _entry(2, {"0": _client(400, 2.0, 1.0, 820)}, None),
-        _entry(3, {"1": _client(400, 1.0, 1.5, 790)}, 0.6),
+        _entry(1, {"0": _client(300, 1.5, 2.0, 800, 2), "1": _client(100, 0.5, 1.0, 750, 1)}, 0.5),
+        _entry(2, {"0": _client(500, 2.0, 1.0, 820, 4)}, None),
+        _entry(3, {"1": _client(300, 1.0, 1.5, 790, 6)}, 0.6),
     ]
     summary = {
         "initial_accuracy": 0.25,
@@ -73,9 +83,14 @@ def _grpo(run_dir: Path) -> Path:
     """3 rounds, 4,800 tokens (1,600 a round), best accuracy at round 2."""
     history = [
         _entry(0, {}, 0.25),
-        _entry(1, {"0": _client(800, 6.0, 4.0, 990), "2": _client(800, 6.0, 4.0, 1000)}, 0.45),
-        _entry(2, {"2": _client(1600, 12.0, 8.0, 1000)}, 0.57),
-        _entry(3, {"1": _client(1600, 11.5, 7.5, 960)}, 0.55),
+        _entry(
+            1,
+            {"0": _client(800, 6.0, 4.0, 990, 10, 32), "2": _client(800, 6.0, 4.0, 1000, 6, 32)},
+            0.45,
+        ),
+        # a client that reports only the share of right first answers, as older runs did
+        _entry(2, {"2": _share_only(_client(1600, 12.0, 8.0, 1000, 20, 64))}, 0.57),
+        _entry(3, {"1": _client(1600, 11.5, 7.5, 960, 32, 64)}, 0.55),
     ]
     summary = {
         "initial_accuracy": 0.25,
@@ -142,6 +157,30 @@ def test_table_and_ratio_line_from_two_runs(tmp_path):
     )
     assert "| grpo | 0.250 | 0.550 | 0.570 | 3 | 4,800 | 1,600 |" in text
     assert expected_ratio in text
+
+
+def test_per_round_table_pairs_rounds_and_first_answer_accuracy(tmp_path):
+    runs = {"spear": _spear(tmp_path / "spear"), "grpo": _grpo(tmp_path / "grpo")}
+    stats = [load_run(name, folder) for name, folder in runs.items()]
+    assert [(c.round, c.tokens, c.first_right, c.first_total) for c in stats[0].per_round] == [
+        (1, 400, 3, 16),
+        (2, 500, 4, 8),
+        (3, 300, 6, 8),
+    ]
+    assert per_round_table(stats) == [
+        "| round | spear tokens | spear first right | grpo tokens | grpo first right "
+        "| spear/grpo tokens |",
+        "|---:|---:|---:|---:|---:|---:|",
+        "| 1 | 400 | 19% | 1,600 | 25% | 0.25 |",  # 3/16 and 16/64
+        "| 2 | 500 | 50% | 1,600 | 31% | 0.31 |",  # 4/8 and 20/64
+        "| 3 | 300 | 75% | 1,600 | 50% | 0.19 |",  # 6/8 and 32/64
+    ]
+    md, _ = write_comparison(runs, tmp_path)
+    assert "| 2 | 500 | 50% | 1,600 | 31% | 0.31 |" in md.read_text(encoding="utf-8")
+    # without GRPO there is no ratio column; a round with no clients gets no row
+    (solo,) = [load_run("spear", runs["spear"])]
+    assert per_round_table([solo])[0] == "| round | spear tokens | spear first right |"
+    assert len(per_round_table([solo])) == 5
 
 
 def test_no_ratio_line_without_both_spear_and_grpo(tmp_path):

@@ -196,6 +196,7 @@ def test_grpo_update_one_round(tiny_model_dir, parity):
     assert m["completions_generated"] == m["num_rollouts"] == 32
     assert m["wins"] + m["losses"] == m["num_rollouts"]
     assert m["y0_accuracy"] == pytest.approx(m["wins"] / 32)
+    assert m["y0_correct"] == m["wins"]  # every right sample is a win
     assert m["mean_reward"] == pytest.approx(m["y0_accuracy"])  # reward_scale 1
     assert 0 < m["wins"] < 32
     assert m["steps"] == 2 and m["skipped_steps"] == 0

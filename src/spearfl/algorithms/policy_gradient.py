@@ -257,6 +257,7 @@ class OnlineRLUpdate(ClientAlgorithm):
             "rollout_seconds": state.rollout_seconds,
             "train_seconds": time.perf_counter() - start - state.rollout_seconds,
             "mean_reward": c["reward_sum"] / samples,
+            "y0_correct": float(c["y0_correct"]),
             "y0_accuracy": c["y0_correct"] / samples,
             "wins": float(c["wins"]),
             "losses": float(c["losses"]),

@@ -4,9 +4,11 @@ Everything is read back from each run directory (``history.jsonl`` and ``summary
 report can be rebuilt from finished runs without rerunning them. Costs are sums of what the
 clients reported; the total time is the run's wall-clock time (rounds, evaluations and start-up).
 
-Writes ``comparison.md`` (one table row per algorithm, plus a SPEAR-vs-GRPO line when both ran,
-the cost claim of SPEC §6) and ``comparison.png`` (accuracy per round, and accuracy against the
-tokens generated so far, which puts cheap and expensive algorithms on one axis of cost).
+Writes ``comparison.md`` (one table row per algorithm; a SPEAR-vs-GRPO line when both ran, the
+cost claim of SPEC §6; a per-round table of tokens and first-answer accuracy, which shows how each
+algorithm's cost follows what its model already gets right) and ``comparison.png`` (accuracy per
+round, and accuracy against the tokens generated so far, which puts cheap and expensive
+algorithms on one axis of cost).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = [
     "RunStats",
     "comparison_markdown",
     "load_run",
+    "per_round_table",
     "plot_comparison",
     "ratio_line",
     "table_rows",
@@ -66,6 +69,21 @@ def _number(value: Any) -> float | None:
 
 
 @dataclass(frozen=True)
+class RoundCost:
+    """What the clients of one round generated, and how many of their first answers were right
+    (SPEAR: one answer per prompt; GRPO / RLTF-SD: every turn-0 group sample)."""
+
+    round: int
+    tokens: int
+    first_right: int
+    first_total: int
+
+    @property
+    def first_accuracy(self) -> float | None:
+        return self.first_right / self.first_total if self.first_total else None
+
+
+@dataclass(frozen=True)
 class RunStats:
     """The numbers one table row and one pair of curves need."""
 
@@ -87,6 +105,8 @@ class RunStats:
     """Largest adapter a client sent back, one way."""
     curve: tuple[tuple[int, float, int], ...] = ()
     """(round, eval accuracy, tokens generated up to and including that round)."""
+    per_round: tuple[RoundCost, ...] = ()
+    """One entry per round that ran clients."""
 
     @property
     def tokens_per_round(self) -> float | None:
@@ -107,6 +127,21 @@ def _client_values(history: Sequence[Mapping[str, Any]], key: str) -> list[float
     return [value for value in found if value is not None]
 
 
+def _first_answers(update: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(right, asked) for one client's first answers: ``y0_correct`` where reported, else
+    ``y0_accuracy`` times ``num_rollouts`` (the policy-gradient baselines report the share)."""
+    total = _number(update.get("num_rollouts"))
+    if total is None:
+        return None
+    right = _number(update.get("y0_correct"))
+    if right is None:
+        share = _number(update.get("y0_accuracy"))
+        if share is None:
+            return None
+        right = share * total
+    return round(right), round(total)
+
+
 def load_run(algorithm: str, run_dir: str | os.PathLike[str]) -> RunStats:
     """Read one run directory. Without ``summary.json`` (an unfinished run) the headline numbers
     are recomputed from the history and the total time is unknown."""
@@ -120,9 +155,22 @@ def load_run(algorithm: str, run_dir: str | os.PathLike[str]) -> RunStats:
         summary = summarize(history, math.nan)
         wall = None
     curve: list[tuple[int, float, int]] = []
+    per_round: list[RoundCost] = []
     tokens = 0
     for entry in sorted(history, key=lambda e: int(e["round"])):
-        tokens += int(sum(_number(m.get("tokens_generated")) or 0 for m in client_updates(entry)))
+        round_tokens = int(sum(_client_values([entry], "tokens_generated")))
+        tokens += round_tokens
+        updates = client_updates(entry)
+        if updates:
+            first = [f for f in map(_first_answers, updates) if f is not None]
+            per_round.append(
+                RoundCost(
+                    round=int(entry["round"]),
+                    tokens=round_tokens,
+                    first_right=sum(right for right, _ in first),
+                    first_total=sum(total for _, total in first),
+                )
+            )
         ev = entry.get("eval")
         accuracy = _number(ev.get("accuracy")) if isinstance(ev, Mapping) else None
         if accuracy is not None:
@@ -143,6 +191,7 @@ def load_run(algorithm: str, run_dir: str | os.PathLike[str]) -> RunStats:
         peak_rss_mb=max(peaks) if peaks else None,
         adapter_bytes=max(sizes) if sizes else None,
         curve=tuple(curve),
+        per_round=tuple(per_round),
     )
 
 
@@ -198,6 +247,35 @@ def ratio_line(stats: Sequence[RunStats]) -> str | None:
     )
 
 
+def per_round_table(stats: Sequence[RunStats]) -> list[str]:
+    """Markdown lines: per round, each algorithm's tokens and first-answer accuracy, and SPEAR's
+    tokens over GRPO's when both ran. Empty when no run has a client round."""
+    rounds = sorted({c.round for s in stats for c in s.per_round})
+    if not rounds:
+        return []
+    by_round = {s.algorithm: {c.round: c for c in s.per_round} for s in stats}
+    names = [s.algorithm for s in stats]
+    both = "spear" in by_round and "grpo" in by_round
+    header = ["round"]
+    for name in names:
+        header += [f"{name} tokens", f"{name} first right"]
+    if both:
+        header.append("spear/grpo tokens")
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---:"] * len(header)) + "|"]
+    for r in rounds:
+        cells = [str(r)]
+        for name in names:
+            cost = by_round[name].get(r)
+            cells.append(MISSING if cost is None else format(cost.tokens, ","))
+            cells.append(MISSING if cost is None else _fmt(cost.first_accuracy, ".0%"))
+        if both:
+            spear, grpo = by_round["spear"].get(r), by_round["grpo"].get(r)
+            ok = spear is not None and grpo is not None and grpo.tokens > 0
+            cells.append(f"{spear.tokens / grpo.tokens:.2f}" if ok else MISSING)
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def comparison_markdown(stats: Sequence[RunStats], note: str = "") -> str:
     """The whole ``comparison.md``: table, ratio line, what the columns mean."""
     rows = table_rows(stats)
@@ -210,6 +288,17 @@ def comparison_markdown(stats: Sequence[RunStats], note: str = "") -> str:
     ratio = ratio_line(stats)
     if ratio:
         lines += ["", ratio]
+    rounds = per_round_table(stats)
+    if rounds:
+        lines += [
+            "",
+            "Per round: tokens all clients generated, and the share of first answers that were "
+            "right (SPEAR, feedback-SFT, OPSD: one answer per prompt; GRPO, RLTF-SD: every "
+            "turn-0 sample). SPEAR revises only wrong answers, so its cost falls as this share "
+            "rises; GRPO's stays at G samples per prompt.",
+            "",
+            *rounds,
+        ]
     lines += [
         "",
         "Accuracies are the server's evaluations of the global adapter (initial: round 0; best:"
