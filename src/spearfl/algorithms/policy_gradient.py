@@ -199,6 +199,8 @@ class RoundState:
     micro_index: int = 0
     rollout_seconds: float = 0.0
     counts: Counter[str] = field(default_factory=Counter)
+    rollout: object = None
+    """What :meth:`OnlineRLUpdate.begin_round` produced (RLTF-SD's traces); None for GRPO."""
 
     @property
     def at_reference(self) -> bool:
@@ -207,15 +209,24 @@ class RoundState:
 
 
 class OnlineRLUpdate(ClientAlgorithm):
-    """Fresh samples every micro-step, trained on at once: the skeleton of GRPO and RLTF-SD.
+    """Sample with the round's adapter and train on the samples: the skeleton of GRPO and RLTF-SD.
 
-    Subclasses implement :meth:`micro_step`, which samples, scores, back-propagates
-    ``scale * loss`` and records ``rollout_seconds`` and its counts in the round state.
+    Subclasses implement :meth:`micro_step`, which back-propagates ``scale * loss`` and records
+    ``rollout_seconds`` and its counts in the round state. GRPO samples afresh in every
+    micro-step; RLTF-SD samples once per round in :meth:`begin_round` and its micro-steps draw
+    from that rollout.
     """
 
     @abstractmethod
     def micro_step(self, state: RoundState, scale: float) -> float:
         """One micro-step; returns the unscaled loss."""
+
+    def begin_round(self, state: RoundState) -> None:
+        """Work done once, before the first micro-step; nothing by default."""
+
+    def n_eff(self, state: RoundState) -> float:
+        """FedAvg weight: every example could have been drawn, so the client's dataset size."""
+        return float(len(state.examples))
 
     def extra_metrics(self, state: RoundState) -> dict[str, float]:
         return {}
@@ -245,6 +256,7 @@ class OnlineRLUpdate(ClientAlgorithm):
                 state.micro_index += 1
 
         try:
+            self.begin_round(state)
             stats = run_local_steps(policy.trainable(), lr=lr, cfg=self.cfg, micro_step=step)
         finally:
             policy.model.eval()
@@ -269,8 +281,7 @@ class OnlineRLUpdate(ClientAlgorithm):
             "trained": float(stats.steps > 0),
         }
         metrics.update(self.extra_metrics(state))
-        # Every example could have been drawn: FedAvg weighs the client by its dataset size.
-        return ClientUpdateResult(policy.get_adapter(), float(len(examples)), metrics)
+        return ClientUpdateResult(policy.get_adapter(), self.n_eff(state), metrics)
 
     # ---------------------------------------------------------------- helpers
     def encode_prompts(self, examples: Sequence[Example]) -> list[list[int]]:
