@@ -35,7 +35,6 @@ def test_one_round_of_each_algorithm(name, tiny_model_dir, tmp_path):
             "gen.max_new_tokens_y1=3",
             "gen.num_revisions=1",
             "grpo.num_generations=2",
-            "rltf_sd.num_generations=2",
             "optim.batch_size=2",
             "lora.last_n_layers=1",
             "lora.r=4",
@@ -52,6 +51,8 @@ def test_one_round_of_each_algorithm(name, tiny_model_dir, tmp_path):
         assert metrics["tokens_generated"] > 0
         assert metrics["rollout_seconds"] > 0
         assert metrics["n_eff"] >= 0
+        if name == "rltf_sd":  # 4 rollout steps / N = 2: 2 prompts x 2 samples = 4 traces
+            assert metrics["n_eff"] == 4 and metrics["rollout_prompts"] == 2
         assert metrics["peak_rss_mb"] > 0
         assert metrics["adapter_bytes"] > 0
     assert history[1]["eval"]["n"] == 8

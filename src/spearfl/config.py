@@ -82,6 +82,8 @@ class _Section:
     """Base of the section dataclasses: coerces and checks every field after construction."""
 
     SECTION: ClassVar[str] = ""
+    MOVED: ClassVar[Mapping[str, str]] = {}
+    """Keys this section no longer has, each with the message that says where it went."""
 
     def __init_subclass__(cls, section: str = "", **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -205,12 +207,18 @@ class GRPOConfig(_Section, section="grpo"):
 
 @dataclass
 class RLTFSDConfig(_Section, section="rltf_sd"):
+    """RLTF-SD's own weights; its group size, KL weight and reward scale are GRPO's (SPEC §8)."""
+
+    MOVED: ClassVar[Mapping[str, str]] = {
+        "num_generations": "the paper's RLTF-SD reads its group size N from "
+        "grpo.num_generations; set that instead",
+        "beta_kl": "the paper's RLTF-SD reads its KL weight from grpo.beta_kl; set that instead",
+    }
+
     gamma: float = _f(1.0, ge=0)
     sd_coeff: float = 0.1
     rl_coeff: float = 1.0
     early_termination: bool = True
-    num_generations: int = _f(4, ge=1)
-    beta_kl: float = _f(0.02, ge=0)
 
 
 @dataclass
@@ -420,7 +428,11 @@ def _check_rules(key: str, value: Any, rules: Mapping[str, Any]) -> None:
 
 
 def _unknown(key: str, where: str) -> ConfigError:
-    """Unknown-key error with the closest known key as a suggestion."""
+    """Unknown-key error: where a moved key went, else the closest known key as a suggestion."""
+    section, _, leaf = key.partition(".")
+    moved = _SECTIONS[section].MOVED.get(leaf) if section in _SECTIONS else None
+    if moved is not None:
+        return ConfigError(f"'{key}' is not a key: {moved}", key, where)
     leaf_matches = [k for k in _ALL_KEYS if k.rsplit(".", 1)[-1] == key]  # e.g. 'lr' at top
     guess = leaf_matches or difflib.get_close_matches(key, _ALL_KEYS + list(_SECTIONS), n=1)
     hint = f"; did you mean '{guess[0]}'?" if guess else ""

@@ -1,42 +1,52 @@
-"""RLTF-SD baseline (SPEC §4; Song et al. 2026): two-turn RL from text feedback + self-distillation.
+"""RLTF-SD baseline (SPEC §4, §8; Song et al. 2026): RL from text feedback + self-distillation.
 
-Turn 0 samples N answers ``y0`` per prompt ``x0``; wrong ones (all of them without early
-termination) get the provider's feedback, a revision prompt ``x1`` and a revised answer ``y1``.
-The policy is trained with REINFORCE-style group baselines on both turns and, as the
-self-distillation term, on the revisions scored under the *original* prompt, so what the
-feedback taught is learned without the feedback in context.
+One rollout per client round: ``P = ⌊fl.local_rollout_steps / N⌋`` prompts ``x0`` (N =
+``grpo.num_generations``), each answered N times (``y0``, reward ``r0``). Wrong answers (all of
+them without early termination) get the provider's feedback, a revision prompt ``x1`` and one
+revised answer ``y1`` (reward ``r1``). Each (prompt, sample) episode is a *trace* carrying three
+terms, with group (prompt) baselines ``b0 = mean r0``, ``bR = mean R``, ``b1 = mean r1`` and
+``R = r0 + γ r1``:
 
-Conventions (all sequence log-probs are mean token log-probs, as in GRPO):
+- self-distillation: ``(r1 - b0) · log π(y1 | x0)``: the revision scored under the *original*
+  prompt, so what the feedback taught is learned without the feedback in context;
+- RL turn 0: ``(R - bR) · log π(y0 | x0)``; RL turn 1: ``(r1 - b1) · log π(y1 | x1)``; each RL
+  term with the k3-KL (weight ``grpo.beta_kl``) to the adapter received at the round's start.
 
-- Early termination: a correct ``y0`` skips turn 1 with ``r1 = r0``; for the self-distillation
-  term its ``y1`` is ``y0`` itself (the answer it would have kept), so a correct first answer
-  is reinforced with advantage ``r0 - b0``. It has no ``x1``, so it adds nothing to the turn-1
-  RL term (zero, still counted in that term's mean: an episode's loss is the sum over the
-  turns it took, averaged over episodes).
-- The k3-KL to the round's starting adapter goes with each RL log-prob term (turns 0 and 1),
-  inside ``L_RL``; the self-distillation term has none.
+An early-terminated (correct) sample keeps ``x1 = x0``, ``y1 = y0``, ``r1 = r0`` and still has
+all three terms, all on the one sequence ``(x0, y0)``. Training runs ``local_train_steps ×
+grad_accum_steps`` micro-steps, each drawing ``optim.batch_size`` traces from the round's
+rollout; ``loss = sd_coeff · L_SD + rl_coeff · L_RL`` with every mean over the drawn traces.
+Sequence log-probs are mean token log-probs, as in GRPO.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from spearfl.algorithms.grpo import grpo_rewards
 from spearfl.algorithms.policy_gradient import (
     OnlineRLUpdate,
     RoundState,
+    Row,
     k3_terms,
-    reference_sequence_logprobs,
     scored_row,
     sequence_logprobs,
 )
 from spearfl.algorithms.rollout import BARE_HINT, sample_prompts
+from spearfl.algorithms.training import sample_batch
 from spearfl.tasks.base import Example
 
 CORRECT_HINT = "That is right."
 """Feedback for a correct first answer when early termination is off (turn 1 still runs)."""
+
+
+def rollout_prompt_count(local_rollout_steps: int, group: int, num_examples: int) -> int:
+    """``⌊local_rollout_steps / N⌋`` prompts, at least 1, at most the client's examples."""
+    return min(num_examples, max(1, local_rollout_steps // group))
 
 
 @dataclass(frozen=True)
@@ -54,7 +64,7 @@ class RLTFAdvantages:
     turn0: torch.Tensor
     """``R - bR``: weights ``log π(y0 | x0)``."""
     turn1: torch.Tensor
-    """``r1 - b1`` where turn 1 ran, 0 elsewhere: weights ``log π(y1 | x1)``."""
+    """``r1 - b1``: weights ``log π(y1 | x1)`` (``log π(y0 | x0)`` where turn 1 was skipped)."""
 
 
 def rltf_advantages(
@@ -65,8 +75,7 @@ def rltf_advantages(
     ``r1`` is read only where ``revised`` is true; elsewhere (early termination) ``r1 = r0``.
     """
     r0 = r0.to(torch.float32)
-    revised = revised.to(torch.bool)
-    r1 = torch.where(revised, r1.to(torch.float32), r0)
+    r1 = torch.where(revised.to(torch.bool), r1.to(torch.float32), r0)
     returns = r0 + gamma * r1
     b0 = r0.mean(-1, keepdim=True)
     b_return = returns.mean(-1, keepdim=True)
@@ -79,49 +88,137 @@ def rltf_advantages(
         b1=b1,
         sd=r1 - b0,
         turn0=returns - b_return,
-        turn1=torch.where(revised, r1 - b1, torch.zeros_like(r1)),
+        turn1=r1 - b1,
     )
 
 
 @dataclass(frozen=True)
-class RLTFRowWeights:
-    """Coefficients of each sequence's log-prob and k3 term in the loss, flat ``[P * N]``.
+class WeightedRow:
+    """One sequence a trace scores and its weights in the trace's loss.
 
-    ``loss = Σ -y0_x0·lp(y0|x0) - y1_x1·lp(y1|x1) - y1_x0·lp(y1|x0)
-           + kl_y0_x0·k3(y0|x0) + kl_y1_x1·k3(y1|x1)``
-    equals ``sd_coeff·L_SD + rl_coeff·L_RL`` with every mean taken over the P·N samples.
+    The trace's loss is ``Σ -coef · log π(row) + kl · k3(log π(row), log π_ref(row))``.
     """
 
-    y0_x0: torch.Tensor
-    y1_x1: torch.Tensor
-    y1_x0: torch.Tensor
-    kl_y0_x0: torch.Tensor
-    kl_y1_x1: torch.Tensor
+    row: Row
+    coef: float
+    kl: float
 
 
-def rltf_row_weights(
-    adv: RLTFAdvantages,
-    revised: torch.Tensor,
+def trace_rows(
+    first: Row,
+    revision: Row | None,
+    sd: float,
+    turn0: float,
+    turn1: float,
+    *,
     sd_coeff: float,
     rl_coeff: float,
     beta_kl: float,
-) -> RLTFRowWeights:
-    """Spread ``sd_coeff·L_SD + rl_coeff·L_RL`` over the sequences actually scored.
+) -> tuple[WeightedRow, ...]:
+    """The sequences of one trace with their weights in ``sd_coeff·L_SD + rl_coeff·L_RL``.
 
-    A sample without turn 1 has ``y1 = y0``, so its self-distillation weight joins its
-    ``(y0, x0)`` row instead of scoring the same sequence twice.
+    ``first`` is ``(x0, y0)``, ``revision`` is ``(x1, y1)``, or None when early termination
+    kept ``x1 = x0`` and ``y1 = y0``: then all three terms live on ``(x0, y0)`` and are scored
+    as one row with summed coefficients (and both RL terms' KL).
     """
-    rev = revised.flatten().to(torch.float32)
-    count = rev.numel()
-    sd = adv.sd.flatten() * sd_coeff / count
-    kl = torch.full_like(rev, rl_coeff * beta_kl / count)
-    return RLTFRowWeights(
-        y0_x0=rl_coeff * adv.turn0.flatten() / count + sd * (1.0 - rev),
-        y1_x1=rl_coeff * adv.turn1.flatten() / count * rev,
-        y1_x0=sd * rev,
-        kl_y0_x0=kl,
-        kl_y1_x1=kl * rev,
+    kl = rl_coeff * beta_kl
+    if revision is None:
+        return (WeightedRow(first, sd_coeff * sd + rl_coeff * (turn0 + turn1), 2 * kl),)
+    return (
+        WeightedRow(first, rl_coeff * turn0, kl),
+        WeightedRow(revision, rl_coeff * turn1, kl),
+        WeightedRow((first[0], revision[1]), sd_coeff * sd, 0.0),
     )
+
+
+@dataclass(frozen=True)
+class RLTFTrace:
+    """One (prompt, sample) episode: its rewards, advantages and the rows it is trained on."""
+
+    group: int
+    """Index of its prompt in the round's rollout (the group its baselines come from)."""
+    first: Row
+    """``(x0, y0)``."""
+    revision: Row | None
+    """``(x1, y1)``; None when turn 1 was skipped (early termination)."""
+    r0: float
+    r1: float
+    episode_return: float
+    """``R = r0 + γ r1``."""
+    sd: float
+    turn0: float
+    turn1: float
+    rows: tuple[WeightedRow, ...]
+
+
+def build_traces(
+    first: Sequence[Row],
+    revisions: Mapping[int, Row],
+    r0: torch.Tensor,
+    r1: torch.Tensor,
+    *,
+    gamma: float,
+    sd_coeff: float,
+    rl_coeff: float,
+    beta_kl: float,
+) -> list[RLTFTrace]:
+    """The traces of one rollout of P prompts × N samples.
+
+    ``first[i]`` is ``(x0, y0)`` of sample ``i`` (prompt ``i // N``), ``revisions[i]`` its
+    ``(x1, y1)`` where turn 1 ran; ``r0`` and ``r1`` are ``[P, N]`` rewards, ``r1`` read only
+    where turn 1 ran.
+    """
+    prompts, group = r0.shape
+    revised = torch.zeros(prompts * group, dtype=torch.bool)
+    revised[list(revisions)] = True
+    adv = rltf_advantages(r0, r1, revised.view(prompts, group), gamma)
+    flat = [t.flatten().tolist() for t in (r0, adv.r1, adv.returns, adv.sd, adv.turn0, adv.turn1)]
+    traces = []
+    for i, (rew0, rew1, ret, sd, turn0, turn1) in enumerate(zip(*flat, strict=True)):
+        revision = revisions.get(i)
+        rows = trace_rows(
+            first[i],
+            revision,
+            sd,
+            turn0,
+            turn1,
+            sd_coeff=sd_coeff,
+            rl_coeff=rl_coeff,
+            beta_kl=beta_kl,
+        )
+        traces.append(
+            RLTFTrace(i // group, first[i], revision, rew0, rew1, ret, sd, turn0, turn1, rows)
+        )
+    return traces
+
+
+@dataclass(frozen=True)
+class RLTFRollout:
+    """The round's traces and the reference log-probs their KL terms compare with."""
+
+    traces: list[RLTFTrace]
+    reference: dict[Row, float]
+    """Mean-token log-prob of every KL-weighted row under the adapter received this round."""
+
+
+def merge_rows(traces: Sequence[RLTFTrace]) -> list[WeightedRow]:
+    """The distinct sequences of a micro-batch, weights summed and divided by the trace count.
+
+    Dividing by the number of traces makes the summed row losses the *mean* over traces; a
+    sequence drawn twice (or shared by two terms) is scored once; rows without any weight
+    are dropped.
+    """
+    summed: dict[Row, tuple[float, float]] = {}
+    for trace in traces:
+        for w in trace.rows:
+            coef, kl = summed.get(w.row, (0.0, 0.0))
+            summed[w.row] = (coef + w.coef, kl + w.kl)
+    count = len(traces)
+    return [
+        WeightedRow(row, coef / count, kl / count)
+        for row, (coef, kl) in summed.items()
+        if coef != 0 or kl != 0
+    ]
 
 
 class RLTFSDUpdate(OnlineRLUpdate):
@@ -137,19 +234,22 @@ class RLTFSDUpdate(OnlineRLUpdate):
             return CORRECT_HINT
         return feedback.hint or BARE_HINT
 
-    def micro_step(self, state: RoundState, scale: float) -> float:
-        cfg, policy, gen = self.cfg.rltf_sd, self.policy, self.cfg.gen
-        micro = self.cfg.optim.micro_batch_size
-        n = cfg.num_generations
-        eos = policy.eos_id
+    def begin_round(self, state: RoundState) -> None:
+        state.rollout = self.roll_out(state)
+
+    def roll_out(self, state: RoundState) -> RLTFRollout:
+        """The round's one rollout: P prompts × N samples, turn 1 for the wrong ones, traces."""
+        cfg, grpo, gen, policy = self.cfg.rltf_sd, self.cfg.grpo, self.cfg.gen, self.policy
+        n = grpo.num_generations
 
         started = time.perf_counter()
-        chosen = sample_prompts(state.examples, self.cfg.optim.batch_size, state.rng)
+        count = rollout_prompt_count(self.cfg.fl.local_rollout_steps, n, len(state.examples))
+        chosen = sample_prompts(state.examples, count, state.rng)
         owners = [ex for ex in chosen for _ in range(n)]
         x0 = [p for p in self.encode_prompts(chosen) for _ in range(n)]
         first = state.generator(x0, gen.max_new_tokens_y0)
-        r0 = [self.provider.check(ex, y.text) for ex, y in zip(owners, first)]
-        revise = [i for i, ok in enumerate(r0) if not (cfg.early_termination and ok)]
+        ok0 = [self.provider.check(ex, y.text) for ex, y in zip(owners, first)]
+        revise = [i for i, ok in enumerate(ok0) if not (cfg.early_termination and ok)]
         x1 = [
             policy.encode(
                 self.task.revision_messages(
@@ -159,51 +259,59 @@ class RLTFSDUpdate(OnlineRLUpdate):
             for i in revise
         ]
         second = state.generator(x1, gen.max_new_tokens_y1)
-        r1_revised = [self.provider.check(owners[i], y.text) for i, y in zip(revise, second)]
+        ok1_revised = [self.provider.check(owners[i], y.text) for i, y in zip(revise, second)]
         state.rollout_seconds += time.perf_counter() - started
 
-        total = len(first)
-        revised = torch.zeros(total, dtype=torch.bool)
-        revised[revise] = True
-        r1 = torch.zeros(total)
-        r1[revise] = torch.tensor([float(ok) for ok in r1_revised])
-        adv = rltf_advantages(
-            torch.tensor([float(ok) for ok in r0]).view(len(chosen), n),
-            r1.view(len(chosen), n),
-            revised.view(len(chosen), n),
-            cfg.gamma,
+        ok1 = list(ok0)  # r1 = r0 where turn 1 was skipped
+        for i, ok in zip(revise, ok1_revised):
+            ok1[i] = ok
+        r0 = grpo_rewards(ok0, grpo.reward_scale, grpo.reward_clip)
+        r1 = grpo_rewards(ok1, grpo.reward_scale, grpo.reward_clip)
+        eos = policy.eos_id
+        traces = build_traces(
+            [scored_row(p, y, eos) for p, y in zip(x0, first)],
+            {i: scored_row(p, y, eos) for i, p, y in zip(revise, x1, second)},
+            r0.view(count, n),
+            r1.view(count, n),
+            gamma=cfg.gamma,
+            sd_coeff=cfg.sd_coeff,
+            rl_coeff=cfg.rl_coeff,
+            beta_kl=grpo.beta_kl,
         )
-        self._count(state, r0, revise, r1_revised, adv)
-        w = rltf_row_weights(adv, revised, cfg.sd_coeff, cfg.rl_coeff, cfg.beta_kl)
+        self._count(state, ok0, revise, ok1_revised, traces)
 
-        # Rows: (x0, y0) for every sample, then (x1, y1) and (x0, y1) for each revision.
-        rows = [scored_row(p, y, eos) for p, y in zip(x0, first)]
-        rows += [scored_row(p, y, eos) for p, y in zip(x1, second)]
-        rows += [scored_row(x0[i], y, eos) for i, y in zip(revise, second)]
-        idx = torch.tensor(revise, dtype=torch.long)
-        coef = torch.cat([w.y0_x0, w.y1_x1[idx], w.y1_x0[idx]])
-        klw = torch.cat([w.kl_y0_x0, w.kl_y1_x1[idx], torch.zeros(len(revise))])
-        # A sequence with neither weight adds nothing: don't run it.
-        keep = [k for k in range(len(rows)) if coef[k] != 0 or klw[k] != 0]
-        if not keep:
+        # Before any optimiser step the adapter *is* the round's reference: score the KL rows
+        # now, once, instead of swapping the reference in at every micro-step.
+        kl_rows = list(dict.fromkeys(w.row for t in traces for w in t.rows if w.kl != 0))
+        logps = sequence_logprobs(policy, kl_rows, self.cfg.optim.micro_batch_size)
+        return RLTFRollout(traces, dict(zip(kl_rows, logps.tolist())))
+
+    @staticmethod
+    def _rollout(state: RoundState) -> RLTFRollout:
+        if not isinstance(state.rollout, RLTFRollout):
+            raise RuntimeError("RLTF-SD's micro-steps need the round's rollout: run begin_round")
+        return state.rollout
+
+    def micro_step(self, state: RoundState, scale: float) -> float:
+        rollout = self._rollout(state)
+        rows = merge_rows(sample_batch(rollout.traces, self.cfg.optim.batch_size, state.rng))
+        if not rows:
             return 0.0
-        rows = [rows[k] for k in keep]
-        coef = coef[keep].to(policy.device)
-        klw = klw[keep].to(policy.device)
-        ref = torch.zeros_like(coef)
-        kl_rows = [k for k in range(len(rows)) if klw[k] != 0]
-        if kl_rows:
-            to_score = [rows[k] for k in kl_rows]
-            ref[kl_rows] = (
-                sequence_logprobs(policy, to_score, micro)
-                if state.at_reference
-                else reference_sequence_logprobs(policy, state.reference, to_score, micro)
-            )
+        device = self.policy.device
+        coef = torch.tensor([w.coef for w in rows], device=device)
+        klw = torch.tensor([w.kl for w in rows], device=device)
+        ref = torch.tensor(
+            [rollout.reference[w.row] if w.kl != 0 else 0.0 for w in rows], device=device
+        )
 
         def row_loss(logp: torch.Tensor, part: slice) -> torch.Tensor:
             return -coef[part] * logp + klw[part] * k3_terms(logp, ref[part])
 
-        return self.backward_rows(rows, row_loss, scale)
+        return self.backward_rows([w.row for w in rows], row_loss, scale)
+
+    def n_eff(self, state: RoundState) -> float:
+        """The number of traces: FedAvg weighs the client by the episodes it trained on."""
+        return float(len(self._rollout(state).traces))
 
     @staticmethod
     def _count(
@@ -211,16 +319,17 @@ class RLTFSDUpdate(OnlineRLUpdate):
         r0: list[bool],
         revise: list[int],
         r1_revised: list[bool],
-        adv: RLTFAdvantages,
+        traces: Sequence[RLTFTrace],
     ) -> None:
         first_right = sum(r0)
         second_right = sum(r1_revised)
         fixed = sum(ok for i, ok in zip(revise, r1_revised) if not r0[i])
         state.counts.update(
             num_rollouts=len(r0),
+            rollout_prompts=len({t.group for t in traces}),
             y0_correct=first_right,
-            reward_sum=float(first_right),
-            return_sum=float(adv.returns.sum()),
+            reward_sum=sum(t.r0 for t in traces),
+            return_sum=sum(t.episode_return for t in traces),
             wins=first_right + second_right,
             losses=len(r0) - first_right + len(revise) - second_right,
             revisions_attempted=sum(1 for i in revise if not r0[i]),
@@ -233,6 +342,7 @@ class RLTFSDUpdate(OnlineRLUpdate):
         c = state.counts
         samples = max(1.0, float(c["num_rollouts"]))
         return {
+            "rollout_prompts": float(c["rollout_prompts"]),
             "revisions_attempted": float(c["revisions_attempted"]),
             "revisions_successful": float(c["revisions_successful"]),
             "turn1_samples": float(c["turn1_samples"]),
