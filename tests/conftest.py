@@ -30,7 +30,8 @@ def shared_data() -> Path:
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny randomly initialised Llama with the embedded model's tokenizer and chat template.
 
-    The folder name contains "instruct", so the chat template is used as for the real model.
+    Its tokenizer has a chat template, so prompts use it as for the real model (the folder's
+    name plays no part in that choice).
     """
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -57,7 +58,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         model = LlamaForCausalLM(config)
     finally:
         torch.random.set_rng_state(state)
-    folder = tmp_path_factory.mktemp("models") / "tiny-llama-instruct"
+    folder = tmp_path_factory.mktemp("models") / "tiny-llama"
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -103,7 +103,11 @@ def test_every_prompt_lists_every_option(all_examples: list[Example]) -> None:
         for letter, text in zip(LETTERS[: len(example.options)], example.options, strict=True):
             assert f"\n{letter}. {text}\n" in prompt
         assert "letter of the correct option" in prompt
-    assert task.candidates(all_examples[0]) == [" A", " B", " C", " D"]
+        plain = messages[0]["plain"]  # the base-model wording of the same question
+        assert f"[QUESTION]\n{example.question}\n\n[OPTIONS]\n" in plain
+        for letter, text in zip(LETTERS[: len(example.options)], example.options, strict=True):
+            assert f"\n{letter}. {text}\n" in plain
+        assert plain.endswith("\n\nAnswer:")
     assert task.eval_method == "letter_loglik"
 
 

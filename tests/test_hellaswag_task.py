@@ -136,9 +136,11 @@ def test_every_prompt_shows_context_and_all_endings(all_examples: list[Example])
         for letter, text in zip("ABCD", example.options, strict=True):
             assert f"\n{letter}. {text}\n" in prompt
         assert "most naturally" in prompt and "(A, B, C or D) only" in prompt
+        plain = messages[0]["plain"]  # the base-model wording of the same question
+        assert f"[CONTEXT]\n{example.question}\n\n[OPTIONS]\nA. " in plain
+        assert plain.endswith(f"\nD. {example.options[3]}\n\nAnswer:")
     assert "[step]" not in "".join(ex.question + "".join(ex.options) for ex in all_examples)
     assert task.eval_method == "letter_loglik"
-    assert task.candidates(all_examples[0]) == [" A", " B", " C", " D"]
 
 
 # ------------------------------------------------------------------------------ extraction

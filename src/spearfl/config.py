@@ -112,7 +112,7 @@ class ModelConfig(_Section, section="model"):
     load_in_4bit: bool = False
     gradient_checkpointing: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # auto: use the chat template when the tokenizer has one and the model is instruct/chat.
+    # auto: use the chat template when the tokenizer has one (whatever the model's name).
     chat_template: Literal["auto", "on", "off"] = "auto"
 
 

@@ -27,7 +27,7 @@ from spearfl.algorithms.losses import anchor_loss
 from spearfl.algorithms.rollout import Generator, Trace, sample_prompts
 from spearfl.algorithms.scoring import build_batch, completion_logits
 from spearfl.algorithms.training import round_lr, run_local_steps, sample_batch
-from spearfl.tasks.base import Example, Message
+from spearfl.tasks.base import PLAIN, Example, Message
 
 REFERENCE_LABEL = "Reference:"
 
@@ -51,10 +51,13 @@ def distill_kl(
 
 
 def with_reference(messages: Sequence[Message], privileged: str) -> list[Message]:
-    """``messages`` with a "Reference: …" paragraph opening the last user turn."""
+    """``messages`` with a "Reference: …" paragraph opening the last user turn, in its chat
+    and its base-model wording alike."""
     convo = [dict(m) for m in messages]
     last = max(i for i, m in enumerate(convo) if m["role"] == "user")
-    convo[last]["content"] = f"{REFERENCE_LABEL} {privileged}\n\n{convo[last]['content']}"
+    for key in ("content", PLAIN):
+        if key in convo[last]:
+            convo[last][key] = f"{REFERENCE_LABEL} {privileged}\n\n{convo[last][key]}"
     return convo
 
 

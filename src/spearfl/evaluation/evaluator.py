@@ -17,6 +17,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from spearfl.models.generation import (
     PrefillState,
@@ -81,6 +82,28 @@ def option_loglik(
     return scores
 
 
+def letter_token_ids(
+    tokenizer: PreTrainedTokenizerBase, letters: Sequence[str], chat: bool
+) -> dict[str, int]:
+    """The token of each answer letter as it follows the prompt. The letters must be single,
+    distinct tokens, or their log-probabilities would not compare the answers.
+
+    A base-model prompt ends with ``Answer:``, so its letters come as ``" A"``; a chat prompt
+    ends with the assistant header, where the letter starts the reply: ``"A"``.
+    """
+    lead = "" if chat else " "
+    pieces = {x: list(tokenizer(lead + x, add_special_tokens=False)["input_ids"]) for x in letters}
+    firsts = [ids[0] for ids in pieces.values() if ids]
+    if any(len(ids) != 1 for ids in pieces.values()) or len(set(firsts)) != len(firsts):
+        name = tokenizer.name_or_path or type(tokenizer).__name__
+        shown = ", ".join(f"{lead + x!r} -> {ids}" for x, ids in pieces.items())
+        raise ValueError(
+            "letter evaluation needs every answer letter to be one token of its own, but "
+            f"tokenizer {name} encodes {shown}"
+        )
+    return {x: ids[0] for x, ids in pieces.items()}
+
+
 class Evaluator:
     """Scores the policy's current adapter on a fixed list of eval examples."""
 
@@ -98,6 +121,11 @@ class Evaluator:
         self.prompts = [
             policy.encode(task.messages(e), task.assistant_prefix(e)) for e in self.examples
         ]
+        self.letter_ids: list[list[int]] = []
+        if task.eval_method == "letter_loglik":
+            letters = LETTERS[: max((len(e.options) for e in self.examples), default=0)]
+            ids = letter_token_ids(policy.tokenizer, letters, policy.formatter.use_chat_template)
+            self.letter_ids = [[ids[x] for x in LETTERS[: len(e.options)]] for e in self.examples]
 
     def _encode_continuation(self, text: str) -> list[int]:
         return list(self.policy.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -162,22 +190,17 @@ class Evaluator:
     def _argmax(scores: list[list[float]]) -> list[int]:
         return [max(range(len(s)), key=s.__getitem__) for s in scores]
 
-    def _letters(self) -> dict:
-        leading = "" if self.policy.formatter.use_chat_template else " "
-        letter_ids = [
-            [
-                self._encode_continuation(leading + letter)[0]
-                for letter in LETTERS[: len(ex.options)]
-            ]
-            for ex in self.examples
-        ]
+    def letter_scores(self) -> list[list[float]]:
+        """Per example, the log-probability of each of its own letters as the next token."""
 
         def score(chunk, state):
             logp = torch.log_softmax(state.logits.float(), -1)
-            return [[float(logp[r, c]) for c in letter_ids[i]] for r, i in enumerate(chunk)]
+            return [[float(logp[r, c]) for c in self.letter_ids[i]] for r, i in enumerate(chunk)]
 
-        _, scores = self._run(greedy=False, scorer=score)
-        preds = self._argmax(scores)
+        return self._run(greedy=False, scorer=score)[1]
+
+    def _letters(self) -> dict:
+        preds = self._argmax(self.letter_scores())
         hits = [p == ex.gold_index for p, ex in zip(preds, self.examples)]
         return {
             "accuracy": round(_rate(hits), 4),
@@ -185,8 +208,12 @@ class Evaluator:
             "predicted_positions": dict(sorted(Counter(map(str, preds)).items())),
         }
 
+    def answers(self) -> list[str]:
+        """Each example's greedy completion, stopped at EOS or once its answer is complete."""
+        return self._run(greedy=True)[0]
+
     def _generative(self) -> dict:
-        texts, _ = self._run(greedy=True)
+        texts = self.answers()
         hits = [self.task.is_correct(ex, t) for ex, t in zip(self.examples, texts)]
         valid = [self.task.extract_answer(ex, t) is not None for ex, t in zip(self.examples, texts)]
         return {"accuracy": round(_rate(hits), 4), "valid_rate": round(_rate(valid), 4)}

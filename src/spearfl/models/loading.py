@@ -24,6 +24,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from spearfl.models.prompts import prompt_format
+
 log = logging.getLogger(__name__)
 
 EMBEDDED_NAME = "smollm2-135m-instruct"
@@ -116,12 +118,31 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+def uses_chat_template(tokenizer: PreTrainedTokenizerBase, setting: str, model_name: str) -> bool:
+    """Whether prompts go through the chat template: ``auto`` when the tokenizer has one.
+
+    The tokenizer decides, not the model's name. Some base models ship a template (Qwen2.5's
+    base tokenizers do) although the paper prompted them plainly: their configs say ``off``.
+    """
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if setting == "auto":
+        return has_template
+    if setting == "on" and not has_template:
+        raise ValueError(f"model.chat_template is 'on' but {model_name}'s tokenizer has none")
+    return setting == "on"
+
+
 @dataclass
 class LoadedModel:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     device: torch.device
     use_chat_template: bool
+
+    @property
+    def prompt_format(self) -> str:
+        """``"chat template"`` or ``"plain (base model)"``."""
+        return prompt_format(self.use_chat_template)
 
 
 def load_base_model(
@@ -145,6 +166,8 @@ def load_base_model(
     tokenizer = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    use_chat = uses_chat_template(tokenizer, chat_template, model_name)
+    log.info("prompt format: %s (model.chat_template: %s)", prompt_format(use_chat), chat_template)
     kwargs: dict = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
     if load_in_4bit:
         from transformers import BitsAndBytesConfig
@@ -161,13 +184,4 @@ def load_base_model(
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
-    if chat_template == "auto":
-        lowered = str(model_name).lower()
-        use_chat = bool(getattr(tokenizer, "chat_template", None)) and any(
-            tag in lowered for tag in ("instruct", "chat", "-it")
-        )
-    else:
-        use_chat = chat_template == "on"
-    if use_chat and not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"model.chat_template is 'on' but {model_name} has no chat template")
     return LoadedModel(model=model, tokenizer=tokenizer, device=dev, use_chat_template=use_chat)

@@ -64,6 +64,11 @@ class Policy:
         )
 
     @property
+    def prompt_format(self) -> str:
+        """``"chat template"`` or ``"plain (base model)"``: how ``encode`` writes prompts."""
+        return self.formatter.name
+
+    @property
     def eos_id(self) -> int:
         return int(self.tokenizer.eos_token_id)
 

@@ -12,8 +12,25 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from spearfl.tasks.plain_prompts import format_fix_prompt, revision_prompt
+
 Message = dict[str, str]
-"""A chat message: ``{"role": "user" | "assistant" | "system", "content": str}``."""
+"""A chat message: ``{"role": "user" | "assistant" | "system", "content": str}``.
+
+A task's user turn may also carry ``"plain"``: the whole prompt as a base model without a chat
+template reads it (:mod:`spearfl.tasks.plain_prompts`). The formatter uses one or the other."""
+
+PLAIN = "plain"
+"""Key of a user turn's base-model wording (see :data:`Message`)."""
+
+
+def user_turn(content: str, plain: str | None = None) -> Message:
+    """A user message, with the base-model wording of the whole prompt when there is one."""
+    turn = {"role": "user", "content": content}
+    if plain is not None:
+        turn[PLAIN] = plain
+    return turn
+
 
 EvalMethod = Literal["letter_loglik", "generative", "option_text"]
 
@@ -69,31 +86,41 @@ class Task(ABC):
     # -------------------------------------------------------------- prompts
     @abstractmethod
     def messages(self, example: Example) -> list[Message]:
-        """The conversation that asks the question (ends with a user turn)."""
+        """The conversation that asks the question (ends with a user turn). Benchmark tasks
+        give that turn a base-model wording too (:func:`user_turn`)."""
 
     def assistant_prefix(self, example: Example) -> str:
         """Text pre-filled at the start of the assistant's reply (part of the prompt)."""
         return ""
 
+    def format_instruction(self, example: Example) -> str:
+        """How the answer must be written, as a base-model prompt and its revisions say it."""
+        raise NotImplementedError(f"task {self.name!r} has no base-model prompt layout")
+
     def revision_messages(self, example: Example, previous: str, hint: str) -> list[Message]:
         """Task + previous attempt + feedback + an instruction to answer afresh (SPEC §3 step 5)."""
-        convo = self.messages(example)
-        convo = [dict(m) for m in convo]
-        convo[-1]["content"] = (
-            f"{convo[-1]['content']}\n\nYour previous answer was: {previous.strip()}\n"
+        *before, last = self.messages(example)
+        content = (
+            f"{last['content']}\n\nYour previous answer was: {previous.strip()}\n"
             f"Feedback: {hint}\n"
             "Write a fresh, complete answer to the question. Do not mention the feedback."
         )
-        return convo
+        plain = last.get(PLAIN)
+        if plain is not None:
+            plain = revision_prompt(plain, previous, hint, self.format_instruction(example))
+        return [*before, user_turn(content, plain)]
 
     def format_fix_messages(self, example: Example, completion: str) -> list[Message]:
         """Ask for the same answer again in the required format, with no feedback."""
-        convo = [dict(m) for m in self.messages(example)]
-        convo[-1]["content"] = (
-            f"{convo[-1]['content']}\n\nYour previous answer was: {completion.strip()}\n"
+        *before, last = self.messages(example)
+        content = (
+            f"{last['content']}\n\nYour previous answer was: {completion.strip()}\n"
             "Rewrite it so that it follows the required answer format exactly."
         )
-        return convo
+        plain = last.get(PLAIN)
+        if plain is not None:
+            plain = format_fix_prompt(plain, completion, self.format_instruction(example))
+        return [*before, user_turn(content, plain)]
 
     # -------------------------------------------------------------- answers
     @abstractmethod
@@ -139,11 +166,6 @@ class Task(ABC):
             option = example.options[example.gold_index].strip()
             return f"The correct answer is {example.gold}: {option}"
         return example.gold
-
-    # ----------------------------------------------------------- evaluation
-    def candidates(self, example: Example) -> list[str]:
-        """Continuations scored by log-likelihood evaluation (letters, or option texts)."""
-        return [f" {letter}" for letter in LETTERS[: len(example.options)]]
 
 
 def find_last(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:

@@ -462,7 +462,3 @@ class EmbeddedCategoryTask(Task):
         rng = random.Random(f"hint-{example.uid}-{completion}")
         ruled_out = ([said] if said else []) + rng.sample(wrong, 2 - (1 if said else 0))
         return f"That is not right. It is not {ruled_out[0]}, and it is not {ruled_out[1]}."
-
-    # ------------------------------------------------------------ evaluation
-    def candidates(self, example: Example) -> list[str]:
-        return list(example.options)

@@ -40,6 +40,8 @@ class HellaSwagTask(DatasetTask, LetterChoiceTask):
     hub_id = "Rowan/hellaswag"
     default_eval_split = "validation"
     hint_nudge = "Think about which ending is the most natural continuation of the passage."
+    plain_task_sentence = "Choose the ending that best continues the context."
+    question_section = "CONTEXT"
 
     def answer_instruction(self, example: Example) -> str:
         listed = self.listed_letters(example)

@@ -31,6 +31,7 @@ from pathlib import Path
 from spearfl.tasks.base import LETTERS, Example
 from spearfl.tasks.dataset import DatasetTask
 from spearfl.tasks.multiple_choice import LetterChoiceTask, standalone_letter
+from spearfl.tasks.plain_prompts import open_section
 from spearfl.tasks.rows import RowFields, RowSource
 
 NUM_CHOICES = 4
@@ -91,6 +92,9 @@ class MathMCQATask(DatasetTask, LetterChoiceTask):
     eval_method = "generative"
     answer_marker = "Answer:"
     bare_letter_ok = False
+    plain_task_sentence = "Solve the problem and choose the correct option."
+    question_section = "PROBLEM"
+    plain_answer_start = open_section("SOLUTION")  # it reasons first: never end with "Answer:"
 
     def __init__(self, *, hint_words: int = DEFAULT_HINT_WORDS, **kwargs: object) -> None:
         super().__init__(hint_words=hint_words, **kwargs)
@@ -133,6 +137,9 @@ class MathMCQATask(DatasetTask, LetterChoiceTask):
             'Reason step by step, then end with a final line of the form "Answer: X", where X '
             f"is the letter of the correct option ({listed})."
         )
+
+    def format_instruction(self, example: Example) -> str:
+        return self.answer_instruction(example)
 
     # ------------------------------------------------------------- feedback
     def reveals(self, text: str, example: Example) -> bool:

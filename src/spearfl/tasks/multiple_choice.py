@@ -26,7 +26,8 @@ import re
 from collections.abc import Callable
 from typing import Literal
 
-from spearfl.tasks.base import LETTERS, Example, Message, Task
+from spearfl.tasks.base import LETTERS, Example, Message, Task, user_turn
+from spearfl.tasks.plain_prompts import join_sections, option_lines, section
 
 HintStyle = Literal["partial", "paper"]
 HINT_STYLES: tuple[str, ...] = ("partial", "paper")
@@ -90,6 +91,12 @@ class LetterChoiceTask(Task):
     bare_letter_ok: bool = True
     """Whether a completion that is just a letter counts as well formatted (tasks that ask for
     reasoning and an ``Answer: X`` line set this to False)."""
+    plain_task_sentence: str = "Choose the best option to answer the question."
+    """What the base-model prompt's instruction line asks, before the answer format."""
+    question_section: str = "QUESTION"
+    """Title of the base-model prompt's section that holds ``example.question``."""
+    plain_answer_start: str = "Answer:"
+    """Where a base-model prompt ends and the answer begins (the model continues it)."""
 
     def __init__(self, hint_style: str = "partial", hint_words: int = 3) -> None:
         if hint_style not in HINT_STYLES:
@@ -112,25 +119,32 @@ class LetterChoiceTask(Task):
         return ", ".join(letters[:-1]) + f" or {letters[-1]}" if len(letters) > 1 else letters[0]
 
     def answer_instruction(self, example: Example) -> str:
-        """The closing line of the prompt: how to answer."""
+        """The closing line of the chat prompt: how to answer."""
         listed = self.listed_letters(example)
         return f"Answer with the letter of the correct option ({listed}) only."
 
     def prompt_text(self, example: Example) -> str:
         """Question, one ``X. text`` line per option, then the answer-format instruction."""
-        letters = self.letters(example)
-        lines = [
-            f"{letter}. {text.strip()}"
-            for letter, text in zip(letters, example.options, strict=True)
-        ]
         return (
             f"{example.question.strip()}\n\n"
-            + "\n".join(lines)
+            + option_lines(self.letters(example), example.options)
             + f"\n\n{self.answer_instruction(example)}"
         )
 
+    def format_instruction(self, example: Example) -> str:
+        return f"Respond with only the letter ({self.listed_letters(example)})."
+
+    def plain_prompt(self, example: Example) -> str:
+        """The base-model layout (SPEC §8): instruction line, question, options, answer slot."""
+        return join_sections(
+            f"{self.plain_task_sentence} {self.format_instruction(example)}",
+            section(self.question_section, example.question),
+            section("OPTIONS", option_lines(self.letters(example), example.options)),
+            self.plain_answer_start,
+        )
+
     def messages(self, example: Example) -> list[Message]:
-        return [{"role": "user", "content": self.prompt_text(example)}]
+        return [user_turn(self.prompt_text(example), self.plain_prompt(example))]
 
     # -------------------------------------------------------------- answers
     @staticmethod

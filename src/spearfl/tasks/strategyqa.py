@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import re
 
-from spearfl.tasks.base import Example, Message, find_last
+from spearfl.tasks.base import Example, Message, find_last, user_turn
 from spearfl.tasks.dataset import DatasetTask
+from spearfl.tasks.plain_prompts import join_sections, open_section, section
 from spearfl.tasks.rows import RowFields, RowSource
 
 YES, NO = "yes", "no"
@@ -91,13 +92,20 @@ class StrategyQATask(DatasetTask):
         )
 
     # -------------------------------------------------------------- prompts
-    def messages(self, example: Example) -> list[Message]:
-        content = (
-            f"{example.question}\n\n"
+    def format_instruction(self, example: Example) -> str:
+        return (
             'Reason step by step, then end with a final line that is exactly "Answer: yes" or '
             '"Answer: no".'
         )
-        return [{"role": "user", "content": content}]
+
+    def messages(self, example: Example) -> list[Message]:
+        content = f"{example.question}\n\n{self.format_instruction(example)}"
+        plain = join_sections(
+            f"Answer the yes/no question. {self.format_instruction(example)}",
+            section("QUESTION", example.question),
+            open_section("REASONING"),  # it reasons first: never end with "Answer:"
+        )
+        return [user_turn(content, plain)]
 
     # -------------------------------------------------------------- answers
     @staticmethod
