@@ -86,6 +86,8 @@ def test_letter_loglik_equals_a_plain_forward_pass(paper_policy, paper_family):
     hits = [p == ex.gold_index for p, ex in zip(picked, ARC_EXAMPLES)]
     assert result["accuracy"] == round(sum(hits) / len(hits), 4)
     assert sum(result["predicted_positions"].values()) == 4
+    # one 0/1 per question, in the examples' order: what paired statistics resample
+    assert result["correct"] == [int(hit) for hit in hits]
 
 
 def test_letter_scoring_refuses_letters_that_are_not_single_tokens(tmp_path):
@@ -189,6 +191,7 @@ def test_generative_evaluation_stops_after_the_answer_or_at_eos(paper_policy):
     # The longest row stopped at its "." (the batch ends with it): the tail was never decoded.
     assert steps == len(words(penguins)) - 1
     assert result["accuracy"] == round(2 / 3, 4) and result["valid_rate"] == round(2 / 3, 4)
+    assert result["correct"] == [1, 1, 0]  # yes = yes, no = no, no answer declared
 
 
 def test_a_reasoning_letter_answer_stops_once_the_letter_is_closed(paper_policy):
@@ -239,3 +242,45 @@ def test_option_loglik_equals_a_plain_forward_pass(which, chat_policy, tiny_pape
             start = len(prompt) - 1  # position predicting the option's first token
             expected.append(sum(float(logp[start + k, t]) for k, t in enumerate(option)))
         assert row == pytest.approx(expected, abs=1e-3)
+
+
+def _option_scores_by_hand(policy: Policy, prompt: list[int], options: list[list[int]]):
+    """Each option's summed log-probability after ``prompt``, from one plain forward pass."""
+    scores = []
+    for option in options:
+        with torch.no_grad():
+            logits = policy.model(torch.tensor([prompt + option])).logits[0]
+        logp = torch.log_softmax(logits.float(), -1)
+        start = len(prompt) - 1
+        scores.append(sum(float(logp[start + k, t]) for k, t in enumerate(option)))
+    return scores
+
+
+def test_option_text_records_both_outcomes_per_question(chat_policy):
+    """Exact match of scripted answers, and the most likely option by plain forward passes."""
+    task = EmbeddedCategoryTask()
+    examples = task.load().eval[:4]
+    wrong = next(o for o in examples[1].options if o != examples[1].gold)
+    said = [examples[0].gold, wrong, "I am not sure", examples[3].gold.upper() + "."]
+    evaluator = Evaluator(chat_policy, task, examples, batch_size=3, max_new_tokens=4)
+    real_run = evaluator._run
+
+    def scripted(*, greedy, scorer=None):  # the real prefill and scores, scripted answers
+        _, scores = real_run(greedy=greedy, scorer=scorer)
+        return said, scores
+
+    evaluator._run = scripted
+    result = evaluator.evaluate()
+
+    tok = chat_policy.tokenizer
+    likeliest = []
+    for ex in examples:
+        prompt = chat_policy.encode(task.messages(ex), task.assistant_prefix(ex))
+        opts = [[*tok(o, add_special_tokens=False)["input_ids"], chat_policy.eos_id] for o in
+                ex.options]  # fmt: skip
+        row = _option_scores_by_hand(chat_policy, prompt, opts)
+        likeliest.append(int(max(range(len(row)), key=row.__getitem__) == ex.gold_index))
+    assert result["correct"] == [1, 0, 0, 1]  # case and a full stop are normalised away
+    assert result["accuracy"] == 0.5 and result["valid_rate"] == 0.75
+    assert result["option_correct"] == likeliest
+    assert result["option_accuracy"] == round(sum(likeliest) / 4, 4)

@@ -7,6 +7,10 @@
   option log-likelihood accuracy (which option text it finds most likely), which separates
   content learning from format learning. The prompt is run once per question and its KV cache
   shared by the four options.
+
+Every method also returns each question's outcome as a list of 0/1 in the order of the eval
+examples (``correct`` for ``accuracy``; ``option_correct`` for ``option_accuracy``), so that
+reports can pair two runs question by question (:mod:`spearfl.reporting.records`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ from spearfl.tasks.base import LETTERS, Example, Task
 
 def _rate(hits: Sequence[bool]) -> float:
     return sum(hits) / len(hits) if hits else 0.0
+
+
+def _record(hits: Sequence[bool]) -> list[int]:
+    """Per-question outcomes as 0/1: compact in JSON, and what paired statistics resample."""
+    return [int(bool(hit)) for hit in hits]
 
 
 def _breakdown(examples: Sequence[Example], hits: Sequence[bool], key) -> dict[str, float]:
@@ -204,6 +213,7 @@ class Evaluator:
         hits = [p == ex.gold_index for p, ex in zip(preds, self.examples)]
         return {
             "accuracy": round(_rate(hits), 4),
+            "correct": _record(hits),
             "by_position": _breakdown(self.examples, hits, lambda e: e.gold_index),
             "predicted_positions": dict(sorted(Counter(map(str, preds)).items())),
         }
@@ -216,7 +226,11 @@ class Evaluator:
         texts = self.answers()
         hits = [self.task.is_correct(ex, t) for ex, t in zip(self.examples, texts)]
         valid = [self.task.extract_answer(ex, t) is not None for ex, t in zip(self.examples, texts)]
-        return {"accuracy": round(_rate(hits), 4), "valid_rate": round(_rate(valid), 4)}
+        return {
+            "accuracy": round(_rate(hits), 4),
+            "correct": _record(hits),
+            "valid_rate": round(_rate(valid), 4),
+        }
 
     def _option_text(self) -> dict:
         eos = self.policy.eos_id
@@ -238,7 +252,9 @@ class Evaluator:
         category = lambda e: e.meta.get("category", e.label)  # noqa: E731
         return {
             "accuracy": round(_rate(hits), 4),
+            "correct": _record(hits),
             "option_accuracy": round(_rate(ll_hits), 4),
+            "option_correct": _record(ll_hits),
             "valid_rate": round(_rate([a is not None for a in answers]), 4),
             "by_position": _breakdown(self.examples, hits, lambda e: e.gold_index),
             "by_category": _breakdown(self.examples, hits, category),

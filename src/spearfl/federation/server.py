@@ -43,6 +43,7 @@ from spearfl.reporting.history import (
     truncate_history,
     write_summary,
 )
+from spearfl.reporting.records import write_eval_questions
 
 log = logging.getLogger(__name__)
 
@@ -262,11 +263,13 @@ class FederatedServer:
         return ckpt.round_num, ckpt.elapsed_seconds
 
     def start(self, writer: HistoryWriter) -> None:
-        """Round 0: the run's files, the untrained model's accuracy, the first checkpoint."""
+        """Round 0: the run's files (the eval questions' ids too, which pair runs question by
+        question), the untrained model's accuracy, the first checkpoint."""
         save_config(self.cfg, self.run_dir / "config.yaml")
         (self.run_dir / "partition.json").write_text(
             _json(partition_summary(self.parts, self.labels))
         )
+        write_eval_questions(self.run_dir, [ex.uid for ex in self.evaluator.examples])
         entry0 = {"round": 0, "clients": [], "client_metrics": {}, "eval": self.evaluate(0)}
         writer.append(entry0)
         self.save("round_0000")
