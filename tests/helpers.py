@@ -140,3 +140,46 @@ def write_jsonl(path: Path, rows: list[object]) -> Path:
 
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return path
+
+
+def write_finished_run(
+    run_dir: Path, uids: list[str], evals: dict[int, dict], tokens: int = 100, rounds: int = 2
+) -> Path:
+    """A finished run directory with per-question records: ``evals[round]`` for the evaluated
+    rounds (each with ``accuracy`` and ``correct``), one client per training round."""
+    from spearfl.reporting.history import HistoryWriter, write_summary
+    from spearfl.reporting.records import write_eval_questions
+
+    write_eval_questions(run_dir, uids)
+    writer = HistoryWriter(run_dir)
+    client = {"0": {"tokens_generated": tokens, "num_rollouts": 8, "y0_correct": 2}}
+    for r in range(rounds + 1):
+        writer.append(
+            {
+                "round": r,
+                "clients": [0] if r else [],
+                "client_metrics": client if r else {},
+                "eval": evals.get(r),
+            }
+        )
+    accuracies = [evals[r]["accuracy"] for r in sorted(evals)]
+    summary = {
+        "final_accuracy": accuracies[-1],
+        "best_accuracy": max(accuracies),
+        "rounds_completed": rounds,
+        "wall_seconds": 1.0,
+    }
+    write_summary(run_dir, summary)
+    return run_dir
+
+
+def eval_record(correct: list[int], option: list[int] | None = None) -> dict:
+    """An evaluation as the Evaluator writes it, from its per-question outcomes."""
+    ev: dict = {
+        "accuracy": round(sum(correct) / len(correct), 4),
+        "correct": correct,
+        "n": len(correct),
+    }
+    if option is not None:
+        ev.update(option_accuracy=round(sum(option) / len(option), 4), option_correct=option)
+    return ev

@@ -33,6 +33,7 @@ __all__ = [
     "TABLE_COLUMNS",
     "RunStats",
     "comparison_markdown",
+    "first_answers",
     "load_run",
     "per_round_table",
     "plot_comparison",
@@ -127,7 +128,7 @@ def _client_values(history: Sequence[Mapping[str, Any]], key: str) -> list[float
     return [value for value in found if value is not None]
 
 
-def _first_answers(update: Mapping[str, Any]) -> tuple[int, int] | None:
+def first_answers(update: Mapping[str, Any]) -> tuple[int, int] | None:
     """(right, asked) for one client's first answers: ``y0_correct`` where reported, else
     ``y0_accuracy`` times ``num_rollouts`` (the policy-gradient baselines report the share)."""
     total = _number(update.get("num_rollouts"))
@@ -162,7 +163,7 @@ def load_run(algorithm: str, run_dir: str | os.PathLike[str]) -> RunStats:
         tokens += round_tokens
         updates = client_updates(entry)
         if updates:
-            first = [f for f in map(_first_answers, updates) if f is not None]
+            first = [f for f in map(first_answers, updates) if f is not None]
             per_round.append(
                 RoundCost(
                     round=int(entry["round"]),
