@@ -35,6 +35,7 @@ __all__ = [
     "GRPOConfig",
     "GenConfig",
     "HFConfig",
+    "LoggingConfig",
     "LoraConfig",
     "ModelConfig",
     "OptimConfig",
@@ -272,6 +273,28 @@ class HFConfig(_Section, section="hf"):
     hub_cache_dir: str | None = None
 
 
+REPORTERS = ("tensorboard", "wandb")
+"""Live views a run can write to (``logging.report_to``)."""
+
+
+@dataclass
+class LoggingConfig(_Section, section="logging"):
+    """Where a run reports its rounds live, besides ``history.jsonl`` and the terminal."""
+
+    report_to: list[str] = field(default_factory=list)  # tensorboard, wandb
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        unknown = [name for name in self.report_to if name not in REPORTERS]
+        if unknown:
+            raise ConfigError(
+                f"logging.report_to: unknown reporter {unknown[0]!r}; known: "
+                f"{', '.join(REPORTERS)}",
+                "logging.report_to",
+            )
+        self.report_to = list(dict.fromkeys(self.report_to))
+
+
 # Pairs (small, big) that must satisfy small <= big once every section is valid.
 HUMAN_ALGORITHMS = ("spear", "feedback_sft")
 """Algorithms that can learn from stored human feedback (wins and losses, no resampling)."""
@@ -301,6 +324,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     hf: HFConfig = field(default_factory=HFConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
         self.output_dir = _coerce("output_dir", self.output_dir, str, {})

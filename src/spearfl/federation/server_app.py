@@ -30,6 +30,7 @@ from spearfl.federation.server import (
     RoundObserver,
     SendRound,
 )
+from spearfl.reporting.live import reporting_to
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +146,11 @@ def build_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        server = FederatedServer(cfg, run_dir, obs)
-        summary = server.run(grid_sender(grid, cfg, obs), resume=resume, before_round=before_round)
+        with reporting_to(cfg, run_dir, obs) as observer:
+            server = FederatedServer(cfg, run_dir, observer)
+            summary = server.run(
+                grid_sender(grid, cfg, observer), resume=resume, before_round=before_round
+            )
         if result is not None:
             result.update(summary)
 
@@ -218,8 +222,8 @@ app = ServerApp()
 @app.main()
 def deployment_main(grid: Grid, context: Context) -> None:
     cfg, run_dir, resume = settings_from_run_config(dict(context.run_config))
-    observer = LogObserver()
-    summary = FederatedServer(cfg, run_dir, observer).run(
-        grid_sender(grid, cfg, observer), resume=resume
-    )
+    with reporting_to(cfg, run_dir, LogObserver()) as observer:
+        summary = FederatedServer(cfg, run_dir, observer).run(
+            grid_sender(grid, cfg, observer), resume=resume
+        )
     log.warning("run finished: %s", json.dumps(summary, indent=2))
