@@ -1,7 +1,8 @@
 """``spearfl`` command line.
 
 ``spearfl run [CONFIG] [--set section.key=value ...]``, ``spearfl run --resume RUN_DIR`` and
-``spearfl compare [CONFIG] --algorithms spear,grpo,... [--set ...]`` and
+``spearfl compare [CONFIG] --algorithms spear,grpo,... [--set ...]``,
+``spearfl sweep [CONFIG] --grid section.key=a,b [--seeds 42,43] [--set ...]`` and
 ``spearfl serve --client-id N [CONFIG]`` (a device's feedback page).
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from spearfl.cli.compare import add_parser as add_compare_parser
 from spearfl.cli.options import config_source, load_or_report
 from spearfl.cli.serve import add_parser as add_serve_parser
+from spearfl.cli.sweep import add_parser as add_sweep_parser
 
 
 def _resume_config(args: argparse.Namespace) -> tuple[Path, list[str]] | str:
@@ -92,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
     add_compare_parser(sub)
     add_serve_parser(sub)
+    add_sweep_parser(sub)
     return parser
 
 

@@ -28,3 +28,22 @@ def load_or_report(path: Path, overrides: Sequence[str]) -> Config | None:
     except ConfigError as err:
         print(f"spearfl: config error: {err}", file=sys.stderr)
         return None
+
+
+def parse_seeds(text: str | None, default: int) -> list[int]:
+    """Seeds from a comma-separated list, in order, without repeats (None: ``[default]``)."""
+    if text is None:
+        return [default]
+    seeds: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            seed = int(part)
+        except ValueError:
+            raise ValueError(f"--seeds: {part!r} is not an integer") from None
+        if seed not in seeds:
+            seeds.append(seed)
+    if not seeds:
+        raise ValueError("--seeds: give at least one seed, e.g. --seeds 42,43,44")
+    return seeds
