@@ -298,3 +298,14 @@ def test_unused_distill_key_is_refused(arc_config, tmp_path, capsys):
     arc_config["distill"]["num_demos"] = 2
     err = one_line_failure(capsys, "check", str(write_config(tmp_path, arc_config)))
     assert "distill.num_demos = 2 would have no effect" in err and "leave it at 0" in err
+
+
+def test_provider_settings_an_algorithm_does_not_read_get_a_note(arc_config, tmp_path, capsys):
+    path = write_config(tmp_path, arc_config)
+    assert main(["check", str(path), "--set", "algorithm.name=grpo"]) == 0
+    assert "feedback.provider / feedback.hints have no effect" not in capsys.readouterr().out
+    grpo_none = ["--set", "algorithm.name=grpo", "--set", "feedback.provider=none"]
+    assert main(["check", str(path), *grpo_none]) == 0
+    assert "feedback.provider / feedback.hints have no effect on grpo" in capsys.readouterr().out
+    assert main(["check", str(path), "--set", "feedback.provider=human"]) == 0
+    assert "clients train only on what people judged" in capsys.readouterr().out

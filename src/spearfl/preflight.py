@@ -271,6 +271,11 @@ def _notes(cfg: Config, model: ModelFiles, labels: set[str]) -> list[str]:
             f"data.dirichlet_num_classes = {d.dirichlet_num_classes} has no effect on "
             f"{paper_name(d.dataset)}: its {len(labels)} labels are each their own class"
         )
+    if fb.provider == "human":
+        notes.append(
+            "feedback.provider human: clients train only on what people judged on their "
+            "device pages (spearfl serve); a device with nothing new sits the round out"
+        )
     if cfg.algorithm.name in ("grpo", "opsd"):
         if fb.provider == "none" or not fb.hints:
             notes.append(
