@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 from spearfl.tasks.embedded import EmbeddedCategoryTask
@@ -183,3 +184,37 @@ def eval_record(correct: list[int], option: list[int] | None = None) -> dict:
     if option is not None:
         ev.update(option_accuracy=round(sum(option) / len(option), 4), option_correct=option)
     return ev
+
+
+def math_mcqa_rows(count: int, seed: int) -> list[dict]:
+    """Rows in stellaathena/math_mcqa's schema: problem, four choices, answer index 0-3
+    (0 included), a solution ending in a boxed result."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(count):
+        a, b = rng.randint(2, 40), rng.randint(2, 40)
+        right = a + b
+        wrong = [right + d for d in rng.sample([-3, -2, -1, 1, 2, 3], 3)]
+        answer = i % 4
+        choices = wrong[:answer] + [right] + wrong[answer:]
+        rows.append(
+            {
+                "problem": f"What is ${a} + {b}$?",
+                "choices": [f"${c}$" for c in choices],
+                "answer": answer,
+                "solution": f"Add the two numbers.\nTens and units add up.\n$\\boxed{{{right}}}$",
+            }
+        )
+    return rows
+
+
+def paper_data_folder(task: str, shared: Path, tmp: Path) -> Path:
+    """Rows of a paper task: the shared copy, or MATH-MCQA rows written into ``tmp``."""
+    if task != "math_mcqa":
+        return shared / task
+    folder = tmp / "math_mcqa"
+    if not folder.is_dir():
+        folder.mkdir()
+        write_jsonl(folder / "train.jsonl", math_mcqa_rows(40, seed=1))
+        write_jsonl(folder / "test.jsonl", math_mcqa_rows(8, seed=2))
+    return folder

@@ -341,3 +341,24 @@ def test_validate_catches_in_place_edits() -> None:
 def test_bad_json() -> None:
     with pytest.raises(ConfigError, match="invalid JSON"):
         config_from_json("{not json")
+
+
+@pytest.mark.parametrize(
+    ("item", "why"),
+    [
+        ("distill.feedback_max_chars=400", "never the feedback provider's hints"),
+        ("distill.num_demos=3", "no worked demonstrations"),
+        ("distill.demo_max_chars=100", "no demonstrations to cut"),
+    ],
+)
+def test_keys_that_would_do_nothing_are_refused_with_the_reason(item: str, why: str) -> None:
+    key, _, value = item.partition("=")
+    message = _error([item])
+    assert f"{key} = {value} would have no effect" in message and why in message
+    assert "--set " + item in message  # located where it was written
+
+
+def test_keys_that_would_do_nothing_accept_their_defaults(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, PAPER_YAML))  # the paper's file writes the defaults
+    assert (cfg.distill.feedback_max_chars, cfg.distill.num_demos) == (800, 0)
+    assert cfg.distill.demo_max_chars == 500

@@ -97,6 +97,7 @@ def _history() -> list[dict[str, Any]]:
                 "method": "option_text",
                 "option_accuracy": 0.4375,
                 "valid_rate": 0.9375,
+                "eval_split": "last 240 rows of train",
             },
         },
     ]
@@ -179,6 +180,8 @@ def test_summarize_numbers() -> None:
         "rounds_completed": 3,
         "evaluations": 3,
         "eval_method": "option_text",
+        "eval_split": "last 240 rows of train",
+        "eval_examples": 240,
         "client_updates": 5,
         "total_tokens_generated": 812 + 700 + 900 + 850 + 760,  # 4022
         "total_wins": 9 + 5 + 12 + 10 + 8,  # 44
@@ -204,7 +207,7 @@ def test_summarize_without_extra_metrics_or_evals() -> None:
     summary = summarize(history, wall_seconds=1.0)
     assert "initial_option_accuracy" not in summary
     assert "final_valid_rate" not in summary
-    assert summary["eval_method"] is None
+    assert summary["eval_method"] is None and summary["eval_split"] is None
 
     empty = summarize([{"round": 0, "clients": [], "client_metrics": {}, "eval": None}], 0.0)
     assert empty["initial_accuracy"] is None

@@ -71,7 +71,8 @@ class ConfigError(ValueError):
 
 
 def _f(default: Any, **rules: Any) -> Any:
-    """A field with range rules (ge/gt/le/lt), read back by ``_check_rules``."""
+    """A field with range rules (ge/gt/le/lt), read back by ``_check_rules``; ``unused=reason``
+    marks a key kept for the paper's layout that accepts only its default."""
     return field(default=default, metadata=rules)
 
 
@@ -94,7 +95,14 @@ class _Section:
         hints = _hints(type(self))
         for f in fields(self):  # type: ignore[arg-type]
             key = f"{self.SECTION}.{f.name}"
-            setattr(self, f.name, _coerce(key, getattr(self, f.name), hints[f.name], f.metadata))
+            value = _coerce(key, getattr(self, f.name), hints[f.name], f.metadata)
+            if "unused" in f.metadata and value != f.default:
+                raise ConfigError(
+                    f"{key} = {value!r} would have no effect: {f.metadata['unused']}; "
+                    f"leave it at {f.default!r} or remove it",
+                    key,
+                )
+            setattr(self, f.name, value)
 
 
 @dataclass
@@ -111,7 +119,7 @@ class ModelConfig(_Section, section="model"):
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: fp32 on CPU, bf16 on GPU
     device_map: str | None = None
     load_in_4bit: bool = False
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = True  # as the paper's code: a file that says nothing means on
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # auto: use the chat template when the tokenizer has one (whatever the model's name).
     chat_template: Literal["auto", "on", "off"] = "auto"
@@ -228,9 +236,23 @@ class DistillConfig(_Section, section="distill"):
     kl_weight: float = _f(1.0, ge=0)
     anchor_weight: float = _f(0.0, ge=0)
     priv_max_chars: int = _f(2000, ge=1)
-    feedback_max_chars: int = _f(800, ge=1)
-    num_demos: int = _f(0, ge=0)
-    demo_max_chars: int = _f(500, ge=1)
+    # Keys of the paper's layout that OPSD as SPEC §4 defines it has no use for: only their
+    # defaults are accepted, since any other value would silently change nothing.
+    feedback_max_chars: int = _f(
+        800,
+        ge=1,
+        unused="OPSD's teacher reads the task's privileged text (cut at distill.priv_max_chars), "
+        "never the feedback provider's hints, so there is no feedback to cut",
+    )
+    num_demos: int = _f(
+        0,
+        ge=0,
+        unused="OPSD (SPEC §4) puts no worked demonstrations in the teacher's context; "
+        "adding them would make it a different baseline",
+    )
+    demo_max_chars: int = _f(
+        500, ge=1, unused="there are no demonstrations to cut (distill.num_demos is always 0)"
+    )
     # Also distill the position where the student stopped (its EOS). Off: after a wrong answer
     # the teacher, who read the gold answer, wants to go on, and matching it there teaches the
     # student never to stop (measured: valid answers fell to 0% in 3 rounds on the demo task).

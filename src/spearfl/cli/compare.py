@@ -61,6 +61,11 @@ def run_compare(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"spearfl: config error: {err}", file=sys.stderr)
         return 2
+    from spearfl.cli.check import checked_before_work
+
+    for index, cfg in enumerate(configs.values()):
+        if checked_before_work(cfg, args.debug, show_notes=index == 0) is None:
+            return 2
 
     from spearfl.cli.progress import RichObserver
     from spearfl.federation.simulation import simulate

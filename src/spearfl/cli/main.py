@@ -1,9 +1,11 @@
 """``spearfl`` command line.
 
-``spearfl run [CONFIG] [--set section.key=value ...]``, ``spearfl run --resume RUN_DIR`` and
+``spearfl run [CONFIG] [--set section.key=value ...]``, ``spearfl run --resume RUN_DIR``,
 ``spearfl compare [CONFIG] --algorithms spear,grpo,... [--set ...]``,
-``spearfl sweep [CONFIG] --grid section.key=a,b [--seeds 42,43] [--set ...]`` and
-``spearfl serve --client-id N [CONFIG]`` (a device's feedback page).
+``spearfl sweep [CONFIG] --grid section.key=a,b [--seeds 42,43] [--set ...]``,
+``spearfl serve --client-id N [CONFIG]`` (a device's feedback page) and
+``spearfl check [CONFIG] [--set ...]`` (what a run would use, without running it). Every command
+checks its config before any work and fails with one line (``--debug``: the full traceback).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from spearfl.cli.check import add_parser as add_check_parser
+from spearfl.cli.check import checked_before_work
 from spearfl.cli.compare import add_parser as add_compare_parser
 from spearfl.cli.options import config_source, load_or_report
 from spearfl.cli.serve import add_parser as add_serve_parser
@@ -50,6 +54,9 @@ def _run(args: argparse.Namespace) -> int:
             "--overwrite to replace it, or another --output-dir",
             file=sys.stderr,
         )
+        return 2
+
+    if checked_before_work(cfg, args.debug) is None:
         return 2
 
     from spearfl.cli.progress import RichObserver
@@ -95,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare_parser(sub)
     add_serve_parser(sub)
     add_sweep_parser(sub)
+    add_check_parser(sub)
+    for command in sub.choices.values():
+        command.add_argument(
+            "--debug", action="store_true", help="show the full traceback of a failure"
+        )
     return parser
 
 

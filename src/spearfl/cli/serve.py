@@ -20,6 +20,7 @@ import sys
 import threading
 from pathlib import Path
 
+from spearfl.cli.check import checked_before_work
 from spearfl.cli.options import config_source, load_or_report
 
 
@@ -66,7 +67,7 @@ def _supernode_env() -> dict[str, str]:
 
 def run_serve(args: argparse.Namespace) -> int:
     cfg = load_or_report(*config_source(args, ["feedback.provider=human"]))
-    if cfg is None:
+    if cfg is None or checked_before_work(cfg, args.debug) is None:
         return 2
     client_id = args.client_id
     if not 0 <= client_id < cfg.data.num_clients:

@@ -19,6 +19,7 @@ from flwr.clientapp import ClientApp
 from spearfl.config import config_from_json
 from spearfl.federation.checkpoint import Checkpoint, save_checkpoint
 from spearfl.federation.worker import ClientWorker
+from spearfl.hub import apply_hf_settings
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ def train(msg: Message, context: Context) -> Message:
     started = time.perf_counter()
     settings = msg.content[CONFIG]
     cfg = config_from_json(str(settings["json"]))
+    apply_hf_settings(cfg.hf)  # a deployment ClientApp process imported the Hub libraries already
     round_num = int(settings["round"])
     client_id = client_id_of(context)
     data_path = context.node_config.get("data-path")

@@ -158,7 +158,7 @@ class FederatedServer:
     def evaluate(self, round_num: int) -> dict[str, Any]:
         self.observer.evaluating(round_num)
         self.policy.set_adapter(self.global_adapter)
-        return self.evaluator.evaluate()
+        return {**self.evaluator.evaluate(), "eval_split": self.task.eval_split_used()}
 
     def save(self, name: str) -> None:
         save_adapter(self.policy.model, self.global_adapter, self.run_dir / "adapters" / name)

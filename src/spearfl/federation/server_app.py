@@ -3,7 +3,7 @@
 A ``query`` round at start-up maps client ids to the node ids of the SuperNodes serving them;
 train messages carry the global adapter, the round and the run's configuration. ``app`` is the
 ServerApp ``flwr run`` starts on the deployment engine (``[tool.flwr.app.components]``);
-``build_server_app`` binds one to a config for the simulation engine (``spearfl run``).
+``build_server_app`` binds one to configs for the simulation engine (``spearfl run``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,8 @@ from spearfl.federation.server import (
     RoundObserver,
     SendRound,
 )
+from spearfl.federation.worker import forget_policy
+from spearfl.hub import apply_hf_settings
 from spearfl.reporting.live import reporting_to
 
 log = logging.getLogger(__name__)
@@ -133,26 +135,28 @@ def _gather(grid: Grid, messages: list[Message], timeout: float) -> Iterable[tup
 
 
 def build_server_app(
-    cfg: Config,
-    run_dir: Path,
+    runs: Sequence[tuple[Config, Path]],
     observer: RoundObserver | None = None,
-    result: dict | None = None,
+    results: Sequence[dict] | None = None,
     resume: bool = False,
     before_round: Callable[[int], None] | None = None,
 ) -> ServerApp:
-    """A ServerApp bound to a config and run directory (used by ``spearfl run``)."""
+    """A ServerApp that runs each ``(config, run directory)`` in turn on the same Grid (used by
+    ``spearfl run``); ``results[i]`` receives run ``i``'s summary."""
     app = ServerApp()
     obs = observer or RoundObserver()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        with reporting_to(cfg, run_dir, obs) as observer:
-            server = FederatedServer(cfg, run_dir, observer)
-            summary = server.run(
-                grid_sender(grid, cfg, observer), resume=resume, before_round=before_round
-            )
-        if result is not None:
-            result.update(summary)
+        for index, (cfg, run_dir) in enumerate(runs):
+            if index:
+                forget_policy()  # each run starts from its own freshly initialised adapter
+            with reporting_to(cfg, run_dir, obs) as observer:
+                server = FederatedServer(cfg, run_dir, observer)
+                sender = grid_sender(grid, cfg, observer)
+                summary = server.run(sender, resume=resume, before_round=before_round)
+            if results is not None:
+                results[index].update(summary)
 
     return app
 
@@ -222,6 +226,7 @@ app = ServerApp()
 @app.main()
 def deployment_main(grid: Grid, context: Context) -> None:
     cfg, run_dir, resume = settings_from_run_config(dict(context.run_config))
+    apply_hf_settings(cfg.hf)
     with reporting_to(cfg, run_dir, LogObserver()) as observer:
         summary = FederatedServer(cfg, run_dir, observer).run(
             grid_sender(grid, cfg, observer), resume=resume

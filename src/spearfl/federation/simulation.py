@@ -1,10 +1,14 @@
-"""Run the ServerApp and ClientApp on Flower's simulation engine, in one process tree."""
+"""Run the ServerApp and ClientApp on Flower's simulation engine, in one process tree.
+
+:func:`simulate_runs` runs several experiments one after another in one simulation: Ray starts
+once (15-20 s) and the ClientApp builds its worker from the config each message carries.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from flwr.clientapp import ClientApp
@@ -14,6 +18,7 @@ from spearfl.config import Config
 from spearfl.federation.client_app import app as default_client_app
 from spearfl.federation.server import RoundObserver
 from spearfl.federation.server_app import build_server_app
+from spearfl.hub import apply_hf_settings
 
 
 class _DropNotice(logging.Filter):
@@ -47,20 +52,54 @@ def simulate(
     Client work runs in Ray actors. ``client_app`` replaces the standard ClientApp (tests use
     it to make clients fail or misbehave).
     """
+    return simulate_runs(
+        [(cfg, run_dir)], observer, resume=resume, client_app=client_app, before_round=before_round
+    )[0]
+
+
+def simulate_runs(
+    runs: Sequence[tuple[Config, Path]],
+    observer: RoundObserver | None = None,
+    *,
+    resume: bool = False,
+    client_app: ClientApp | None = None,
+    before_round: Callable[[int], None] | None = None,
+) -> list[dict]:
+    """Run each ``(config, run directory)`` in turn on one simulation; their summaries.
+
+    Ray starts once for all of them, with as many SuperNodes as the largest ``num_clients``; the
+    runs must agree on the resources of a client (``fl.num_cpus_per_client`` /
+    ``num_gpus_per_client``) and on the ``hf`` section, which are fixed when Ray starts.
+    """
+    if not runs:
+        return []
+    cfg = runs[0][0]
     fl = cfg.fl
-    # Set before Ray starts, so client workers inherit them: quiet workers, no hub access.
+    for other, _ in runs[1:]:
+        if (other.fl.num_cpus_per_client, other.fl.num_gpus_per_client, other.hf) != (
+            fl.num_cpus_per_client,
+            fl.num_gpus_per_client,
+            cfg.hf,
+        ):
+            raise ValueError(
+                "runs of one simulation need the same fl.num_cpus_per_client, "
+                "fl.num_gpus_per_client and hf section"
+            )
+    # Set before Ray starts, so client workers inherit them: quiet workers, the hf section.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    if cfg.hf.offline:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    apply_hf_settings(cfg.hf)
     _quiet_flower()
-    result: dict = {}
+    results: list[dict] = [{} for _ in runs]
     server_app = build_server_app(
-        cfg, run_dir, observer, result, resume=resume, before_round=before_round
+        [(c, Path(d)) for c, d in runs],
+        observer,
+        results,
+        resume=resume,
+        before_round=before_round,
     )
     backend_config = {
         "client_resources": {
@@ -72,9 +111,10 @@ def simulate(
     run_simulation(
         server_app=server_app,
         client_app=client_app or default_client_app,
-        num_supernodes=cfg.data.num_clients,
+        num_supernodes=max(c.data.num_clients for c, _ in runs),
         backend_config=backend_config,
     )
-    if not result:
-        raise RuntimeError(f"the simulation ended without finishing the run; see {run_dir}")
-    return result
+    for (_, run_dir), result in zip(runs, results):
+        if not result:
+            raise RuntimeError(f"the simulation ended without finishing the run; see {run_dir}")
+    return results

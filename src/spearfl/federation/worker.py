@@ -29,7 +29,9 @@ def _key(cfg: Config, *sections: str) -> str:
     return json.dumps({s: data[s] for s in sections}, sort_keys=True)
 
 
-_POLICIES: dict[str, Policy] = {}
+_POLICIES: dict[str, tuple[Policy, dict[str, torch.Tensor], torch.Tensor]] = {}
+"""The process's policy, with its freshly initialised adapter and the torch RNG state after
+loading, so a later run can start from exactly that state without loading the model again."""
 _DATA: dict[str, tuple[Task, TaskData, list[list[int]]]] = {}
 
 
@@ -39,17 +41,21 @@ def shared_policy(cfg: Config) -> Policy:
     if key not in _POLICIES:
         _POLICIES.clear()  # one base model per process
         torch.manual_seed(cfg.data.seed)
-        _POLICIES[key] = Policy.from_config(cfg)
-    return _POLICIES[key]
+        policy = Policy.from_config(cfg)
+        _POLICIES[key] = (policy, policy.get_adapter(), torch.random.get_rng_state())
+    return _POLICIES[key][0]
 
 
 def forget_policy() -> None:
-    """Drop the process's policy, so the next run starts from a freshly initialised adapter.
+    """Put the process's policy back as it was loaded, so the next run starts from the freshly
+    initialised adapter (and the same torch RNG state) without loading the model again.
 
     The server keeps its policy between runs in one process; without this a second run (as
     ``spearfl compare`` makes) would start from the adapter the first one ended with.
     """
-    _POLICIES.clear()
+    for policy, adapter, rng in _POLICIES.values():
+        policy.set_adapter(adapter)
+        torch.random.set_rng_state(rng)
 
 
 def client_partitions(cfg: Config, data: TaskData) -> list[list[int]]:

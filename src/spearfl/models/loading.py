@@ -24,6 +24,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from spearfl.hub import not_cached_message
 from spearfl.models.prompts import prompt_format
 
 log = logging.getLogger(__name__)
@@ -54,12 +55,12 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def _hub_snapshot(hub_id: str) -> Path | None:
+def _hub_snapshot(hub_id: str, cache_dir: str | None = None) -> Path | None:
     """The local Hugging Face cache's copy of ``hub_id``, if one is there (no network)."""
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(hub_id, local_files_only=True))
+        return Path(snapshot_download(hub_id, local_files_only=True, cache_dir=cache_dir))
     except Exception:  # noqa: BLE001 - any failure means "not cached"
         return None
 
@@ -77,9 +78,9 @@ def _embedded_gguf() -> Path:
     return path
 
 
-def embedded_model_dir() -> Path:
+def embedded_model_dir(cache_dir: str | None = None) -> Path:
     """Folder with the embedded model in Hugging Face format, converting the GGUF once."""
-    snapshot = _hub_snapshot(EMBEDDED_HUB_ID)
+    snapshot = _hub_snapshot(EMBEDDED_HUB_ID, cache_dir)
     if snapshot is not None:
         return snapshot
     target = cache_root() / EMBEDDED_NAME
@@ -111,10 +112,10 @@ def embedded_model_dir() -> Path:
     return target
 
 
-def resolve_model_path(name: str) -> str:
+def resolve_model_path(name: str, cache_dir: str | None = None) -> str:
     """Map a configured ``model_name`` to something ``from_pretrained`` accepts."""
     if name == EMBEDDED_NAME:
-        return str(embedded_model_dir())
+        return str(embedded_model_dir(cache_dir))
     return name
 
 
@@ -130,6 +131,21 @@ def uses_chat_template(tokenizer: PreTrainedTokenizerBase, setting: str, model_n
     if setting == "on" and not has_template:
         raise ValueError(f"model.chat_template is 'on' but {model_name}'s tokenizer has none")
     return setting == "on"
+
+
+class ModelNotAvailableError(OSError):
+    """A Hub model that is neither a folder nor cached, while downloads are off."""
+
+
+def _from_pretrained(load, path: str, key: str, cache_dir: str | None, offline: bool, **kwargs):
+    """``load(path, ...)`` with the run's cache and offline setting; a Hub id missing from the
+    cache while offline becomes one line saying what to do, not the library's long story."""
+    try:
+        return load(path, cache_dir=cache_dir, local_files_only=offline, **kwargs)
+    except OSError as err:
+        if not offline or Path(path).is_dir():
+            raise
+        raise ModelNotAvailableError(not_cached_message(key, path, cache_dir)) from err
 
 
 @dataclass
@@ -156,14 +172,27 @@ def load_base_model(
     gradient_checkpointing: bool = False,
     load_in_4bit: bool = False,
     device_map: str | None = None,
+    cache_dir: str | None = None,
+    offline: bool = False,
 ) -> LoadedModel:
-    """Load the frozen base model and tokenizer, ready for LoRA and left-padded generation."""
+    """Load the frozen base model and tokenizer, ready for LoRA and left-padded generation.
+
+    ``cache_dir`` / ``offline`` are the run's ``hf`` settings (:func:`spearfl.hub.hub_caches`,
+    ``hf.offline``): where Hub models are cached, and whether the Hub may be contacted."""
     transformers.utils.logging.disable_progress_bar()
-    path = resolve_model_path(model_name)
-    tok_path = resolve_model_path(tokenizer_name) if tokenizer_name else path
+    path = resolve_model_path(model_name, cache_dir)
+    tok_path = resolve_model_path(tokenizer_name, cache_dir) if tokenizer_name else path
+    tok_key = "model.tokenizer_name" if tokenizer_name else "model.model_name"
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    tokenizer = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=trust_remote_code)
+    tokenizer = _from_pretrained(
+        AutoTokenizer.from_pretrained,
+        tok_path,
+        tok_key,
+        cache_dir,
+        offline,
+        trust_remote_code=trust_remote_code,
+    )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     use_chat = uses_chat_template(tokenizer, chat_template, model_name)
@@ -177,7 +206,9 @@ def load_base_model(
         )
     if device_map:
         kwargs["device_map"] = device_map
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model = _from_pretrained(
+        AutoModelForCausalLM.from_pretrained, path, "model.model_name", cache_dir, offline, **kwargs
+    )
     if not device_map and not load_in_4bit:
         model.to(dev)
     model.requires_grad_(False)

@@ -14,6 +14,7 @@ from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from spearfl.config import Config
+from spearfl.hub import hub_caches
 from spearfl.models.adapter import attach_lora, get_adapter_state, set_adapter_state
 from spearfl.models.generation import Completion, generate
 from spearfl.models.loading import load_base_model
@@ -42,6 +43,8 @@ class Policy:
             gradient_checkpointing=m.gradient_checkpointing,
             load_in_4bit=m.load_in_4bit,
             device_map=m.device_map,
+            cache_dir=hub_caches(cfg.hf).models,
+            offline=cfg.hf.offline,
         )
         lora = cfg.lora
         peft_model = attach_lora(

@@ -207,6 +207,8 @@ def summarize(history: Sequence[Mapping[str, Any]], wall_seconds: float) -> dict
         "rounds_completed": max((r for r in rounds if r > 0), default=0),
         "evaluations": len(evals),
         "eval_method": evals[-1][1].get("method") if evals else None,
+        "eval_split": evals[-1][1].get("eval_split") if evals else None,
+        "eval_examples": evals[-1][1].get("n") if evals else None,
         "client_updates": sum(len(client_updates(entry)) for entry in history),
         "total_tokens_generated": int(sum(_client_values(history, "tokens_generated"))),
         "total_wins": int(sum(_client_values(history, "wins"))),

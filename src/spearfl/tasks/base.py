@@ -83,6 +83,11 @@ class Task(ABC):
     def load(self) -> TaskData:
         """Load (or generate) the train and eval examples this task was configured with."""
 
+    def eval_split_used(self) -> str:
+        """Where the latest :meth:`load` took the eval examples from, in words (it goes into
+        every eval record and ``summary.json``)."""
+        return f"the {self.name} task's own held-out questions"
+
     # -------------------------------------------------------------- prompts
     @abstractmethod
     def messages(self, example: Example) -> list[Message]:

@@ -108,6 +108,9 @@ class DatasetTask(Task):
         self.resolved_eval_source: str = ""
         """Where the latest :meth:`load` took eval from (a split name or 'last N rows of ...')."""
 
+    def eval_split_used(self) -> str:
+        return self.resolved_eval_source
+
     # ------------------------------------------------------------- to override
     @abstractmethod
     def parse_row(self, source: RowSource) -> Example:

@@ -1,10 +1,13 @@
 """Map ``data.dataset`` to a task, and the task's feedback provider.
 
-Benchmark tasks get the same data settings (``data.path``, ``split``, ``eval_split``,
-``eval_fraction``, ``max_eval_examples``, ``skip_bad_rows``, ``hf.dataset_cache_dir``); the
-letter-answer ones also get ``feedback.mc_hint_style`` and ``feedback.mc_hint_words``. One rule
-differs: MATH-MCQA's hint fallback uses ``max(feedback.mc_hint_words, 10)`` words, so a config
-written for ARC (3 words) still gets the paper's 10 there, and a larger value still wins.
+Each benchmark answers to the name the paper's config files use (``arc_challenge``,
+``hellaswag``, ``math_mcqa``, ``strategy_qa``) and to its Hugging Face id. Benchmark tasks get
+the same data settings (``data.path``, ``split``, ``eval_split``, ``eval_fraction``,
+``max_eval_examples``, ``skip_bad_rows``, the datasets cache of ``hf``); the letter-answer ones
+also get ``feedback.mc_hint_style`` and ``feedback.mc_hint_words``. One rule differs:
+MATH-MCQA's hint fallback uses ``max(feedback.mc_hint_words, 10)`` words, so a config written
+for ARC (3 words) still gets the paper's 10 there, and a larger value still wins
+(:func:`task_notes` says so; a run prints it once).
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from spearfl.config import Config
+from spearfl.config import Config, FeedbackConfig
 from spearfl.feedback.base import FeedbackProvider
 from spearfl.feedback.oracle import OracleFeedback
+from spearfl.hub import hub_caches
 from spearfl.tasks.arc import ArcChallengeTask
 from spearfl.tasks.base import Task
 from spearfl.tasks.embedded import EmbeddedCategoryTask
@@ -41,7 +45,7 @@ def _dataset_kwargs(cfg: Config) -> dict[str, Any]:
         "eval_fraction": d.eval_fraction,
         "max_eval_examples": d.max_eval_examples,
         "skip_bad_rows": d.skip_bad_rows,
-        "cache_dir": cfg.hf.dataset_cache_dir,
+        "cache_dir": hub_caches(cfg.hf).datasets,
     }
     if d.config_name:
         kwargs["config_name"] = d.config_name
@@ -82,6 +86,7 @@ TASKS: dict[str, Callable[[Config], Task]] = {
     "allenai/ai2_arc": _arc,
     "hellaswag": _hellaswag,
     "Rowan/hellaswag": _hellaswag,
+    "strategy_qa": _strategyqa,
     "strategyqa": _strategyqa,
     "ChilleD/StrategyQA": _strategyqa,
     "math_mcqa": _math_mcqa,
@@ -89,14 +94,56 @@ TASKS: dict[str, Callable[[Config], Task]] = {
 }
 
 
+_PAPER_NAME = {
+    _embedded: "embedded",
+    _arc: "arc_challenge",
+    _hellaswag: "hellaswag",
+    _math_mcqa: "math_mcqa",
+    _strategyqa: "strategy_qa",
+}
+
+
+def paper_name(dataset: str) -> str | None:
+    """The paper's name of the task ``dataset`` selects (``"ChilleD/StrategyQA"`` ->
+    ``"strategy_qa"``); None for a name we do not know."""
+    factory = TASKS.get(dataset)
+    return _PAPER_NAME[factory] if factory else None
+
+
+class UnknownTaskError(ValueError):
+    """``data.dataset`` names no task we implement."""
+
+
 def build_task(cfg: Config) -> Task:
     try:
         factory = TASKS[cfg.data.dataset]
     except KeyError:
-        raise ValueError(
-            f"data.dataset: unknown dataset {cfg.data.dataset!r}; known: {', '.join(sorted(TASKS))}"
+        raise UnknownTaskError(
+            f"data.dataset {cfg.data.dataset!r} is not a known dataset; known: "
+            f"{', '.join(sorted(TASKS))}"
         ) from None
     return factory(cfg)
+
+
+def task_notes(cfg: Config) -> list[str]:
+    """Settings a task replaces or ignores, in words, for the run's log and ``spearfl check``."""
+    notes = []
+    name = paper_name(cfg.data.dataset)
+    f = cfg.feedback
+    if name == "math_mcqa" and f.mc_hint_words < MATH_HINT_WORDS:
+        notes.append(
+            f"math_mcqa: the hint's fallback quotes {MATH_HINT_WORDS} words of the correct option "
+            f"(max(feedback.mc_hint_words = {f.mc_hint_words}, {MATH_HINT_WORDS}), as the paper)"
+        )
+    if name in ("strategy_qa", "embedded"):
+        defaults = FeedbackConfig()
+        for key in ("mc_hint_words", "mc_hint_style"):
+            if getattr(f, key) != getattr(defaults, key):
+                notes.append(
+                    f"feedback.{key} = {getattr(f, key)!r} has no effect on "
+                    f"{cfg.data.dataset} (its hint follows its own rule)"
+                )
+    return notes
 
 
 def build_feedback(cfg: Config, task: Task) -> FeedbackProvider:

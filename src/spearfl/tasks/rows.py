@@ -22,15 +22,19 @@ SUPPORTED_SUFFIXES = (".jsonl", ".json", ".parquet")
 _SPLIT_SEPARATORS = (".", "_", "-")
 
 
+SKIP_ADVICE = "fix or remove the row, or set data.skip_bad_rows: true to skip and count such rows"
+
+
 class DataError(ValueError):
     """A malformed row. The message always starts with ``"<file>, row <n>: "`` so a user can go
-    straight to the offending line."""
+    straight to the offending line; ``advice`` (what to do) follows the reason."""
 
-    def __init__(self, file: str, row: int, reason: str) -> None:
+    def __init__(self, file: str, row: int, reason: str, advice: str = "") -> None:
         self.file = file
         self.row = row
         self.reason = reason
-        super().__init__(f"{file}, row {row}: {reason}")
+        self.advice = advice
+        super().__init__(f"{file}, row {row}: {reason}" + (f"; {advice}" if advice else ""))
 
 
 class SplitNotFoundError(LookupError):
@@ -74,9 +78,10 @@ class BadRowPolicy:
         return self._count
 
     def handle(self, error: DataError) -> None:
-        """Raise ``error``, or record it when skipping is allowed."""
+        """Raise ``error`` (saying how to skip such rows), or record it when skipping is
+        allowed."""
         if not self.skip_bad_rows:
-            raise error
+            raise DataError(error.file, error.row, error.reason, SKIP_ADVICE) from None
         self._count += 1
         if len(self.messages) < self.keep_messages:
             self.messages.append(str(error))
@@ -161,7 +166,8 @@ def _read_json_lines(file: Path, text: str, policy: BadRowPolicy) -> list[RowSou
         try:
             data = json.loads(line)
         except json.JSONDecodeError as exc:
-            policy.handle(DataError(str(file), number, f"invalid JSON: {exc.msg}"))
+            reason = f"invalid JSON at column {exc.colno}: {exc.msg}"
+            policy.handle(DataError(str(file), number, reason))
             continue
         rows.extend(_as_rows(file, [(number, data)], policy))
     return rows
