@@ -238,7 +238,9 @@ class OptimConfig(_Section, section="optim"):
     warmup_ratio: float = _f(0.1, ge=0, lt=1)
     lr_min: float = _f(1e-5, ge=0)
     use_warmup: bool = True
-    micro_batch_size: int | None = _f(None, ge=1)  # splits a batch for memory; same maths
+    # Rows per forward pass, for every algorithm (same maths, less memory). None: as many rows
+    # as keep rows x longest completion x vocabulary within 2**28 logits (1 GiB in float32).
+    micro_batch_size: int | None = _f(None, ge=1)
 
 
 @dataclass
