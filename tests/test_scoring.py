@@ -229,3 +229,9 @@ def test_shared_prefix_gives_the_gradients_of_the_plain_layout(tiny_llama):
     # the shared prefix tokens' embeddings receive gradient through the repeated cache
     prefix_tokens = pairs[0][0][:6]
     assert shared["model.embed_tokens.weight"][prefix_tokens].abs().sum() > 0
+
+
+def test_a_completion_without_a_prompt_token_is_refused(tiny_llama):
+    batch = build_batch([((), (4, 5))], PAD, CPU)
+    with pytest.raises(ValueError, match="at least one prompt token before every completion"):
+        completion_logprobs(tiny_llama, batch)

@@ -119,6 +119,8 @@ def completion_logits(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor
             cache = model(input_ids=batch.prefix_ids, use_cache=True, logits_to_keep=1).cache
             cache.batch_repeat_interleave(rows)
     k, width = batch.targets.shape[1], ids.shape[1]
+    if width <= k:
+        raise ValueError("scoring needs at least one prompt token before every completion")
     out = model(
         input_ids=ids,
         attention_mask=mask,
