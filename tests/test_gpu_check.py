@@ -32,7 +32,7 @@ def test_gpu_check_passes_on_cpu_without_flower():
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     table = [line for line in done.stdout.splitlines() if line.startswith("| ")]
     assert table[0].startswith("| model | what | peak RSS MB |")
-    rows = {tuple(cell.strip() for cell in line.split("|")[1:3]): line for line in table[2:]}
+    rows = {tuple(cell.strip() for cell in line.split("|")[1:3]): line for line in table[1:]}
     expected = {(f, a) for f in ("qwen2", "llama3") for a in [*ALGORITHMS, "evaluation"]}
     assert set(rows) == expected
     assert all(line.rstrip().endswith("| yes |") for line in rows.values())
