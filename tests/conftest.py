@@ -2,37 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-TRAIN_WITH_GRADIENT_CHECKPOINTING = False
-"""The one switch for gradient checkpointing in tests.
-
-``model.gradient_checkpointing`` defaults to true, as in the paper's code, but checkpointed
-training cannot run yet (the shared prompt prefix needs the KV cache that checkpointing turns
-off). Until it can, every config a test builds without naming the key starts with it off; set
-this to True once it works. Configs that name the key keep their value."""
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _gradient_checkpointing_default():
-    from spearfl.config import ModelConfig
-
-    init = ModelConfig.__init__
-    original = init.__defaults__
-    if not TRAIN_WITH_GRADIENT_CHECKPOINTING:
-        names = [name for name in inspect.signature(init).parameters if name != "self"]
-        defaults = list(original)
-        defaults[names.index("gradient_checkpointing") - (len(names) - len(defaults))] = False
-        init.__defaults__ = tuple(defaults)
-    yield
-    init.__defaults__ = original
-
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:

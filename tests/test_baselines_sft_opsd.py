@@ -12,7 +12,8 @@ import torch
 
 from spearfl.algorithms.base import RoundContext
 from spearfl.algorithms.feedback_sft import FeedbackSFTUpdate
-from spearfl.algorithms.opsd import OPSDUpdate, distill_kl, with_reference
+from spearfl.algorithms.losses import distill_kl
+from spearfl.algorithms.opsd import OPSDUpdate, with_reference
 from spearfl.algorithms.registry import ALGORITHMS
 from spearfl.algorithms.rollout import RolloutResult, Trace
 from spearfl.algorithms.spear import LossWeights, SpearUpdate

@@ -234,6 +234,8 @@ def test_grpo_micro_batches_give_the_same_gradient(tiny_model_dir, parity):
         torch.manual_seed(0)
         losses.append(algo.micro_step(state, 1.0))
         grads.append({n: p.grad.clone() for n, p in policy.trainable().items()})
-    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    # Group advantages sum to zero, so the loss (6e-5 here, the KL term) is what is left of a
+    # cancellation: float32 rounding of the per-pass log-probs, ~1e-8, is its floor.
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5, abs=1e-7)
     for name, grad in grads[0].items():
         assert torch.allclose(grad, grads[1][name], atol=1e-6), name

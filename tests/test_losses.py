@@ -7,32 +7,13 @@ import math
 import pytest
 import torch
 
-from spearfl.algorithms.losses import anchor_loss, mle_loss, target_logprobs, unlikelihood_loss
+from spearfl.algorithms.losses import anchor_loss, mle_loss, unlikelihood_loss
 from spearfl.algorithms.masks import MaskOptions, token_char_spans, unlikelihood_mask
 
 
 def _logp(*probs: float) -> torch.Tensor:
     """A [1, T] tensor of log-probabilities."""
     return torch.log(torch.tensor([list(probs)], dtype=torch.float32))
-
-
-# ---------------------------------------------------------------- target_logprobs
-def test_target_logprobs_is_log_softmax_at_the_target():
-    logits = torch.tensor([[[0.0, 1.0, 2.0], [3.0, 3.0, 3.0]]])
-    targets = torch.tensor([[2, 0]])
-    got = target_logprobs(logits, targets)
-    z = 1.0 + math.e + math.e**2
-    expected = [2.0 - math.log(z), -math.log(3.0)]
-    assert got.shape == (1, 2)
-    assert got[0].tolist() == pytest.approx(expected, abs=1e-6)
-
-
-def test_target_logprobs_computes_in_float32_for_half_logits():
-    logits = torch.tensor([[[0.0, 1.0, 2.0]]], dtype=torch.bfloat16)
-    got = target_logprobs(logits, torch.tensor([[1]]))
-    assert got.dtype == torch.float32
-    z = 1.0 + math.e + math.e**2
-    assert float(got) == pytest.approx(1.0 - math.log(z), abs=1e-6)
 
 
 # ------------------------------------------------------------------------ mle_loss

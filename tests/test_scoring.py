@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spearfl.algorithms.scoring import align_flags, build_batch, completion_logprobs
+from spearfl.algorithms import scoring
+from spearfl.algorithms.scoring import (
+    align_flags,
+    build_batch,
+    completion_logprobs,
+    forward_passes,
+)
 
 CPU = torch.device("cpu")
 PAD = 0
@@ -20,7 +26,6 @@ def test_build_batch_left_pads_and_right_aligns_targets():
     assert batch.position_ids.tolist() == [[0, 1, 2, 3, 4], [0, 0, 1, 2, 3]]
     assert batch.targets.tolist() == [[0, 4, 5], [7, 8, 9]]
     assert batch.target_mask.tolist() == [[0.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
-    assert batch.keep == 4
 
 
 def test_build_batch_column_k_is_the_token_at_position_w_minus_k_plus_k():
@@ -55,7 +60,6 @@ def test_build_batch_all_empty_completions_keep_one_column():
     batch = build_batch([([1, 2], [])], PAD, CPU)
     assert batch.targets.shape == (1, 1)
     assert batch.target_mask.tolist() == [[0.0]]
-    assert batch.keep == 2
 
 
 def test_build_batch_splits_off_the_shared_prompt_prefix():
@@ -105,6 +109,32 @@ def test_align_flags_lines_up_with_build_batch():
     # a flag lands on the column of its own completion token
     assert mask.tolist() == [[0.0, 1.0, 1.0], [0.0, 0.0, 1.0]]
     assert (mask <= batch.target_mask).all()
+
+
+def _spans(passes):
+    return [(p.start, p.stop) for p in passes]
+
+
+def test_forward_passes_of_a_fixed_row_count():
+    assert _spans(forward_passes([3, 1, 4, 1, 5], 2, vocab=10)) == [(0, 2), (2, 4), (4, 5)]
+    assert forward_passes([], 2, vocab=10) == []
+
+
+def test_forward_passes_keep_rows_times_longest_times_vocab_within_the_budget(monkeypatch):
+    monkeypatch.setattr(scoring, "LOGITS_BUDGET", 20)
+    # vocab 2: rows x longest <= 10. [3, 1] -> 2 x 3; adding 4 would make 3 x 4
+    assert _spans(forward_passes([3, 1, 4, 1, 5, 5], None, vocab=2)) == [(0, 2), (2, 4), (4, 6)]
+    # a row over the budget on its own still gets a pass; an empty completion counts as 1
+    assert _spans(forward_passes([50, 0, 0], None, vocab=2)) == [(0, 1), (1, 3)]
+
+
+def test_default_passes_at_the_paper_shape():
+    """32 rows of 512 tokens + EOS: 3 rows a pass at Qwen2.5's vocabulary, 4 at Llama-3's."""
+    qwen = forward_passes([513] * 32, None, vocab=151_936)
+    assert [p.stop - p.start for p in qwen] == [3] * 10 + [2]
+    assert 3 * 513 * 151_936 <= scoring.LOGITS_BUDGET < 4 * 513 * 151_936
+    llama = forward_passes([513] * 32, None, vocab=128_256)
+    assert [p.stop - p.start for p in llama] == [4] * 8
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +229,9 @@ def test_shared_prefix_gives_the_gradients_of_the_plain_layout(tiny_llama):
     # the shared prefix tokens' embeddings receive gradient through the repeated cache
     prefix_tokens = pairs[0][0][:6]
     assert shared["model.embed_tokens.weight"][prefix_tokens].abs().sum() > 0
+
+
+def test_a_completion_without_a_prompt_token_is_refused(tiny_llama):
+    batch = build_batch([((), (4, 5))], PAD, CPU)
+    with pytest.raises(ValueError, match="at least one prompt token before every completion"):
+        completion_logprobs(tiny_llama, batch)

@@ -174,7 +174,9 @@ class FLConfig(_Section, section="fl"):
     max_round_retries: int = _f(3, ge=0)  # extra client draws when too few replies are usable
     max_update_norm: float | None = _f(None, gt=0)  # reject a client whose update L2 norm exceeds
     num_cpus_per_client: float = _f(2.0, gt=0)
-    num_gpus_per_client: float = _f(0.0, ge=0)
+    # Share of a GPU each simulated client's Ray actor holds. None: what fits clients_per_round
+    # on the visible GPUs (federation.simulation.gpu_share), 0 without CUDA.
+    num_gpus_per_client: float | None = _f(None, ge=0)
 
 
 @dataclass
@@ -269,7 +271,9 @@ class OptimConfig(_Section, section="optim"):
     warmup_ratio: float = _f(0.1, ge=0, lt=1)
     lr_min: float = _f(1e-5, ge=0)
     use_warmup: bool = True
-    micro_batch_size: int | None = _f(None, ge=1)  # splits a batch for memory; same maths
+    # Rows per forward pass, for every algorithm (same maths, less memory). None: as many rows
+    # as keep rows x longest completion x vocabulary within 2**28 logits (1 GiB in float32).
+    micro_batch_size: int | None = _f(None, ge=1)
 
 
 @dataclass

@@ -10,14 +10,10 @@ from collections.abc import Mapping
 
 import torch
 
+from spearfl.algorithms.logits import token_kl
+
 _P_MAX = 1.0 - 1e-6
 """Probabilities are clamped below 1 so that -log(1 - p) stays finite."""
-
-
-def target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Log-probability of each target token under ``logits`` ([B, T, V] and [B, T])."""
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
-    return logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
 def mle_loss(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -49,6 +45,22 @@ def unlikelihood_loss(
     active = (probs > margin).to(logprobs.dtype) * mask
     penalty = -torch.log1p(-probs)
     return (penalty * active).sum() / count * confidences.to(logprobs.dtype).mean()
+
+
+def distill_kl(
+    teacher_logits: torch.Tensor,
+    student_logits: torch.Tensor,
+    mask: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """Mean over masked tokens of KL(softmax(t/T) ‖ softmax(s/T)), times T² (OPSD, SPEC §4).
+
+    Logits are ``[B, K, V]``, the mask ``[B, K]``. The T² factor keeps gradient sizes comparable
+    across temperatures (Hinton et al.). An all-zero mask gives a zero that still back-propagates.
+    """
+    per_token = token_kl(teacher_logits, student_logits, temperature)
+    mask = mask.to(per_token.dtype)
+    return (per_token * mask).sum() / mask.sum().clamp(min=1.0) * temperature**2
 
 
 def anchor_loss(

@@ -23,31 +23,18 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from spearfl.algorithms.base import ClientAlgorithm, ClientUpdateResult, RoundContext
-from spearfl.algorithms.losses import anchor_loss
+from spearfl.algorithms.losses import anchor_loss, distill_kl
 from spearfl.algorithms.rollout import Generator, Trace, sample_prompts
-from spearfl.algorithms.scoring import build_batch, completion_logits
+from spearfl.algorithms.scoring import (
+    build_batch,
+    completion_logits,
+    forward_passes,
+    vocab_size,
+)
 from spearfl.algorithms.training import round_lr, run_local_steps, sample_batch
 from spearfl.tasks.base import PLAIN, Example, Message
 
 REFERENCE_LABEL = "Reference:"
-
-
-def distill_kl(
-    teacher_logits: torch.Tensor,
-    student_logits: torch.Tensor,
-    mask: torch.Tensor,
-    temperature: float,
-) -> torch.Tensor:
-    """Mean over masked tokens of KL(softmax(t/T) ‖ softmax(s/T)), times T².
-
-    Logits are ``[B, K, V]``, the mask ``[B, K]``. The T² factor keeps gradient sizes comparable
-    across temperatures (Hinton et al.). An all-zero mask gives a zero that still back-propagates.
-    """
-    t = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    s = torch.log_softmax(student_logits.float() / temperature, dim=-1)
-    per_token = (t.exp() * (t - s)).sum(-1)
-    mask = mask.to(per_token.dtype)
-    return (per_token * mask).sum() / mask.sum().clamp(min=1.0) * temperature**2
 
 
 def with_reference(messages: Sequence[Message], privileged: str) -> list[Message]:
@@ -79,10 +66,12 @@ class OPSDUpdate(ClientAlgorithm):
         reference: Mapping[str, torch.Tensor],
         rng: random.Random,
     ):
-        """One micro-step: KL on ``batch_size`` sampled rollouts (``micro_batch_size`` chunks)."""
+        """One micro-step: KL on ``batch_size`` sampled rollouts, in forward passes of
+        ``optim.micro_batch_size`` rows (a teacher pass and a student pass each)."""
         policy, d = self.policy, self.cfg.distill
         bs = self.cfg.optim.batch_size
-        micro = self.cfg.optim.micro_batch_size or bs
+        micro = self.cfg.optim.micro_batch_size
+        vocab = vocab_size(policy.model)
         params = policy.trainable()
         pad = policy.tokenizer.pad_token_id
 
@@ -91,8 +80,9 @@ class OPSDUpdate(ClientAlgorithm):
             # Token count of the whole micro-batch, so chunking keeps the same maths.
             n_tokens = sum(len(traces[i].completion_ids) for i in idx)
             total = 0.0
-            for start in range(0, len(idx), micro):
-                chunk = idx[start : start + micro]
+            lengths = [len(traces[i].completion_ids) for i in idx]
+            for span in forward_passes(lengths, micro, vocab):
+                chunk = idx[span]
                 student = build_batch(
                     [(traces[i].prompt_ids, traces[i].completion_ids) for i in chunk],
                     pad,
@@ -111,7 +101,7 @@ class OPSDUpdate(ClientAlgorithm):
                 s_logits = completion_logits(policy.model, student)
                 part = distill_kl(t_logits, s_logits, student.target_mask, d.temperature)
                 loss = d.kl_weight * part * float(student.target_mask.sum()) / max(1, n_tokens)
-                if start == 0 and d.anchor_weight > 0:
+                if span.start == 0 and d.anchor_weight > 0:
                     loss = loss + d.anchor_weight * anchor_loss(params, reference)
                 (loss * scale).backward()
                 total += float(loss.detach())

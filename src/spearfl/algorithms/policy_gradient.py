@@ -20,7 +20,13 @@ import torch
 
 from spearfl.algorithms.base import ClientAlgorithm, ClientUpdateResult, RoundContext
 from spearfl.algorithms.rollout import Generator
-from spearfl.algorithms.scoring import TokenBatch, build_batch, completion_logprobs
+from spearfl.algorithms.scoring import (
+    TokenBatch,
+    build_batch,
+    completion_logprobs,
+    forward_passes,
+    vocab_size,
+)
 from spearfl.algorithms.training import round_lr, run_local_steps
 from spearfl.config import GenConfig
 from spearfl.models.generation import Completion
@@ -98,11 +104,14 @@ def scored_row(prompt: Sequence[int], completion: Completion, eos: int) -> Row:
     return (tuple(prompt), (*ids, eos) if completion.finished else tuple(ids))
 
 
-def chunks(rows: Sequence[Row], size: int | None) -> Iterator[tuple[int, Sequence[Row]]]:
-    """``(start, rows)`` pieces of at most ``size`` rows (``optim.micro_batch_size``)."""
-    step = size or len(rows) or 1
-    for start in range(0, len(rows), step):
-        yield start, rows[start : start + step]
+def chunks(
+    policy: Policy, rows: Sequence[Row], size: int | None
+) -> Iterator[tuple[int, Sequence[Row]]]:
+    """``(start, rows)``, one per forward pass of ``size`` rows (``optim.micro_batch_size``;
+    unset: as many as the logits budget allows, ``scoring.forward_passes``)."""
+    lengths = [len(completion) for _, completion in rows]
+    for part in forward_passes(lengths, size, vocab_size(policy.model)):
+        yield part.start, rows[part]
 
 
 def batch_of(policy: Policy, rows: Sequence[Row]) -> TokenBatch:
@@ -116,7 +125,7 @@ def sequence_logprobs(policy: Policy, rows: Sequence[Row], micro: int | None) ->
     """
     out = []
     with eval_mode(policy), torch.no_grad():
-        for _, part in chunks(rows, micro):
+        for _, part in chunks(policy, rows, micro):
             batch = batch_of(policy, part)
             logp = completion_logprobs(policy.model, batch)
             out.append(sequence_logprob(logp, batch.target_mask))
@@ -303,7 +312,7 @@ class OnlineRLUpdate(ClientAlgorithm):
         policy = self.policy
         policy.model.train()
         total = 0.0
-        for start, part in chunks(rows, self.cfg.optim.micro_batch_size):
+        for start, part in chunks(policy, rows, self.cfg.optim.micro_batch_size):
             batch = batch_of(policy, part)
             logp = sequence_logprob(completion_logprobs(policy.model, batch), batch.target_mask)
             loss = row_loss(logp, slice(start, start + len(part))).sum()

@@ -1,13 +1,19 @@
 """Log-probabilities of completion tokens, computing logits only where a loss is taken.
 
 Sequences are left-padded so every completion ends at the last column; the model is then asked
-for logits over the last ``K + 1`` positions only (``logits_to_keep``), where ``K`` is the longest
-completion. Prompt positions, most of a sequence, never reach the vocabulary projection.
+for logits at the ``K`` positions that predict a completion token only (``logits_to_keep``),
+``K`` being the longest completion. Prompt positions, most of a sequence, never reach the
+vocabulary projection.
 
 The prompt prefix every row shares (chat header, instructions, worked example) is run once per
 batch instead of once per row: its KV cache, still attached to the autograd graph, is repeated
 over the batch, and the rows continue from it laid out ``[prefix][pad…][rest]`` with the pads
 masked and position ids counted over real tokens. Gradients are those of the plain layout.
+A model that trains with gradient checkpointing drops any cache inside its checkpointed layers,
+so there the prefix is written in front of every row instead, in the same layout.
+
+A micro-batch is cut into forward passes (``forward_passes``) so that one pass's logits stay
+under ``LOGITS_BUDGET``: the logits, not the model, dominate memory at a 151k vocabulary.
 """
 
 from __future__ import annotations
@@ -17,8 +23,13 @@ from dataclasses import dataclass
 
 import torch
 
-from spearfl.algorithms.losses import target_logprobs
+from spearfl.algorithms.logits import target_logprobs
 from spearfl.models.generation import common_prefix_length
+
+LOGITS_BUDGET = 2**28
+"""Most logits (rows x longest completion x vocabulary) one forward pass holds when
+``optim.micro_batch_size`` is unset: 268M, i.e. 1 GiB in float32, 512 MiB in bf16 (3 rows of
+512 tokens at Qwen2.5's 151,936)."""
 
 
 @dataclass
@@ -32,10 +43,6 @@ class TokenBatch:
     """[B, K]: 1 on completion tokens."""
     prefix_ids: torch.Tensor | None = None
     """[1, P]: the shared prefix, run once; ``input_ids`` then hold only what follows it."""
-
-    @property
-    def keep(self) -> int:
-        return self.targets.shape[1] + 1
 
 
 def shared_prefix(pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> int:
@@ -87,25 +94,69 @@ def align_flags(flags: Sequence[Sequence[bool]], k: int, device: torch.device) -
     return out.to(device)
 
 
+def drops_cache(model: torch.nn.Module) -> bool:
+    """Whether a forward pass now runs checkpointed layers, which ignore a KV cache passed in
+    (transformers turns caching off for them in training mode, with gradients on)."""
+    if not (model.training and torch.is_grad_enabled()):
+        return False
+    return any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+
+
 def completion_logits(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
     """Logits ``[B, K, V]`` predicting each completion column (prompt positions skipped)."""
+    ids, mask, positions = batch.input_ids, batch.attention_mask, batch.position_ids
     cache = None
-    mask = batch.attention_mask
     if batch.prefix_ids is not None:
-        cache = model(input_ids=batch.prefix_ids, use_cache=True, logits_to_keep=1).cache
-        rows = batch.input_ids.shape[0]
-        cache.batch_repeat_interleave(rows)
-        ones = torch.ones((rows, batch.prefix_ids.shape[1]), dtype=mask.dtype, device=mask.device)
+        rows, n_prefix = ids.shape[0], batch.prefix_ids.shape[1]
+        ones = torch.ones((rows, n_prefix), dtype=mask.dtype, device=mask.device)
         mask = torch.cat([ones, mask], dim=1)
+        if drops_cache(model):
+            prefix = batch.prefix_ids.expand(rows, -1)
+            ids = torch.cat([prefix, ids], dim=1)
+            start = torch.arange(n_prefix, device=positions.device).expand(rows, -1)
+            positions = torch.cat([start, positions], dim=1)
+        else:
+            cache = model(input_ids=batch.prefix_ids, use_cache=True, logits_to_keep=1).cache
+            cache.batch_repeat_interleave(rows)
+    k, width = batch.targets.shape[1], ids.shape[1]
+    if width <= k:
+        raise ValueError("scoring needs at least one prompt token before every completion")
     out = model(
-        input_ids=batch.input_ids,
+        input_ids=ids,
         attention_mask=mask,
-        position_ids=batch.position_ids,
+        position_ids=positions,
         cache=cache,
-        logits_to_keep=batch.keep,
+        logits_to_keep=torch.arange(width - k - 1, width - 1, device=ids.device),
         use_cache=cache is not None,
     )
-    return out.logits[:, :-1, :]
+    return out.logits
+
+
+def vocab_size(model: torch.nn.Module) -> int:
+    return int(model.config.vocab_size)
+
+
+def forward_passes(
+    completion_lengths: Sequence[int], rows_per_pass: int | None, vocab: int
+) -> list[slice]:
+    """Consecutive row ranges, one per forward pass (``optim.micro_batch_size``).
+
+    ``rows_per_pass`` set: that many rows each. Unset: as many rows as keep
+    ``rows x longest completion x vocab`` within ``LOGITS_BUDGET`` (at least one row).
+    """
+    n = len(completion_lengths)
+    if rows_per_pass:
+        return [slice(i, min(i + rows_per_pass, n)) for i in range(0, n, rows_per_pass)]
+    passes, start, longest = [], 0, 1
+    for i, length in enumerate(completion_lengths):
+        widest = max(longest, length)
+        if i > start and (i - start + 1) * widest * vocab > LOGITS_BUDGET:
+            passes.append(slice(start, i))
+            start, widest = i, max(1, length)
+        longest = widest
+    if n:
+        passes.append(slice(start, n))
+    return passes
 
 
 def completion_logprobs(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:

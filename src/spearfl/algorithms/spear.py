@@ -11,10 +11,17 @@ from dataclasses import dataclass
 import torch
 
 from spearfl.algorithms.base import ClientAlgorithm, ClientUpdateResult, RoundContext
-from spearfl.algorithms.losses import anchor_loss, target_logprobs, unlikelihood_loss
+from spearfl.algorithms.logits import target_logprobs
+from spearfl.algorithms.losses import anchor_loss, unlikelihood_loss
 from spearfl.algorithms.masks import MaskOptions, token_char_spans, unlikelihood_mask
 from spearfl.algorithms.rollout import RolloutResult, Trace, sample_prompts, self_play_rollout
-from spearfl.algorithms.scoring import align_flags, build_batch, completion_logits
+from spearfl.algorithms.scoring import (
+    align_flags,
+    build_batch,
+    completion_logits,
+    forward_passes,
+    vocab_size,
+)
 from spearfl.algorithms.training import ema_blend, round_lr, run_local_steps, sample_batch
 from spearfl.tasks.base import Example
 
@@ -100,10 +107,12 @@ class SpearUpdate(ClientAlgorithm):
         return unlikelihood_mask(trace.completion_ids, text, spans, answer, options)
 
     def micro_step_fn(self, wins, losses, loss_flags, reference, rng, parts):
-        """One micro-step: ``batch_size`` wins and ``batch_size`` losses in one forward pass."""
+        """One micro-step: ``batch_size`` wins and ``batch_size`` losses, in forward passes of
+        ``optim.micro_batch_size`` rows (``scoring.forward_passes``)."""
         policy, w = self.policy, self.weights()
         bs = self.cfg.optim.batch_size
-        micro = self.cfg.optim.micro_batch_size or 2 * bs
+        micro = self.cfg.optim.micro_batch_size
+        vocab = vocab_size(policy.model)
         params = policy.trainable()
         eos = policy.eos_id
 
@@ -121,8 +130,7 @@ class SpearUpdate(ClientAlgorithm):
             n_loss_tokens = sum(sum(f) for f in flags[len(win_idx) :])
             total = 0.0
             win_sum = lose_sum = 0.0
-            for start in range(0, len(rows), micro):
-                chunk = slice(start, start + micro)
+            for chunk in forward_passes([len(c) for _, c in rows], micro, vocab):
                 batch = build_batch(rows[chunk], policy.tokenizer.pad_token_id, policy.device)
                 mask = align_flags(flags[chunk], batch.targets.shape[1], policy.device)
                 logp = target_logprobs(completion_logits(policy.model, batch), batch.targets)
@@ -140,7 +148,7 @@ class SpearUpdate(ClientAlgorithm):
                     ll = part * float(lose_mask.sum()) / n_loss_tokens
                     loss = loss + w.lose * ll
                     lose_sum += float(ll.detach())
-                if start == 0 and w.anchor > 0:
+                if chunk.start == 0 and w.anchor > 0:
                     la = anchor_loss(params, reference)
                     loss = loss + w.anchor * la
                 (loss * scale).backward()

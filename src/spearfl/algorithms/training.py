@@ -47,6 +47,20 @@ def add_proximal_gradient(
     return penalty
 
 
+def loss_scaler(cfg: Config, params: Sequence[torch.nn.Parameter]) -> torch.amp.GradScaler | None:
+    """A gradient scaler for fp16 models, None otherwise.
+
+    fp16 has five exponent bits: small gradients underflow to zero and large ones overflow.
+    The scaler multiplies the loss before backward, divides the gradients back before clipping
+    and the step, and halves its factor after an overflow (the step is then skipped). bf16 and
+    fp32 have float32's range and need none. The LoRA parameters themselves stay float32 (peft
+    upcasts adapters of half-precision models), which is what the scaler requires.
+    """
+    if cfg.model.dtype != "fp16" or not params:
+        return None
+    return torch.amp.GradScaler(params[0].device.type)
+
+
 def run_local_steps(
     params: Mapping[str, torch.nn.Parameter],
     *,
@@ -60,19 +74,26 @@ def run_local_steps(
     returns the unscaled loss value. A fresh AdamW on the LoRA parameters (SPEC §2); with
     ``fl.fedprox_mu > 0`` FedProx's proximal term pulls towards the parameters as they were on
     entry (the received global adapter); gradients clipped to ``max_grad_norm``; a step whose
-    gradient norm is NaN/inf is skipped rather than corrupting the adapter.
+    gradient norm is NaN/inf is skipped rather than corrupting the adapter. With an fp16 model
+    the loss is scaled by ``loss_scaler`` (``scale`` then includes its factor).
     """
     o = cfg.optim
     trainable = list(params.values())
     mu = cfg.fl.fedprox_mu
     start = [p.detach().clone() for p in trainable] if mu > 0 else []
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=o.weight_decay)
+    scaler = loss_scaler(cfg, trainable)
     stats = StepStats()
     accum = o.grad_accum_steps
     for _ in range(cfg.fl.local_train_steps):
         optimizer.zero_grad(set_to_none=True)
+        factor = 1.0
+        if scaler is not None:
+            factor = float(scaler.scale(torch.ones((), device=trainable[0].device)))
         for _ in range(accum):
-            stats.losses.append(micro_step(1.0 / accum))
+            stats.losses.append(micro_step(factor / accum))
+        if scaler is not None:
+            scaler.unscale_(optimizer)
         if mu > 0:
             stats.prox_penalty = add_proximal_gradient(trainable, start, mu)
         norm = torch.nn.utils.clip_grad_norm_(trainable, o.max_grad_norm)
@@ -80,8 +101,14 @@ def run_local_steps(
         if not math.isfinite(stats.last_grad_norm):
             stats.skipped += 1
             optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.update()  # an overflow: a smaller factor next step
             continue
-        optimizer.step()
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
         stats.steps += 1
     optimizer.zero_grad(set_to_none=True)
     return stats

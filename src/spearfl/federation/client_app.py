@@ -8,8 +8,6 @@ the run's configuration, and the reply carries the new adapter, ``n_eff`` and th
 from __future__ import annotations
 
 import logging
-import resource
-import sys
 import time
 
 import torch  # flwr converts ArrayRecords only when torch is already imported
@@ -18,6 +16,7 @@ from flwr.clientapp import ClientApp
 
 from spearfl.config import config_from_json
 from spearfl.federation.checkpoint import Checkpoint, save_checkpoint
+from spearfl.federation.memory import peak_gpu_mb, peak_rss_mb, reset_gpu_peak
 from spearfl.federation.worker import ClientWorker
 from spearfl.hub import apply_hf_settings
 
@@ -41,14 +40,6 @@ def client_id_of(context: Context) -> int:
             "this SuperNode has no 'partition-id' in its node config "
             '(start it with --node-config "partition-id=N num-partitions=M")'
         ) from None
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MB (base model and earlier rounds
-    included: a client process is reused across rounds)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # Linux reports kilobytes, macOS bytes.
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 def tensor_bytes(state: dict[str, torch.Tensor]) -> int:
@@ -77,6 +68,8 @@ def train(msg: Message, context: Context) -> Message:
     if cfg.feedback.provider == "human":
         # The device's page answers with the newest global adapter this device has seen.
         save_checkpoint(device_dir, Checkpoint(round_num - 1, adapter))
+    device = worker.policy.device
+    reset_gpu_peak(device)  # this round's high-water mark, not the process's
     result = worker.train(adapter, round_num, client_id, device_dir)
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
     metrics["n_eff"] = float(result.n_eff)
@@ -85,5 +78,8 @@ def train(msg: Message, context: Context) -> Message:
     state = {k: v.detach().to("cpu").contiguous() for k, v in result.adapter.items()}
     metrics["adapter_bytes"] = float(tensor_bytes(state))
     metrics["peak_rss_mb"] = peak_rss_mb()
+    gpu_mb = peak_gpu_mb(device)
+    if gpu_mb is not None:
+        metrics["peak_gpu_mb"] = gpu_mb
     content = RecordDict({ADAPTER: ArrayRecord(state), METRICS: MetricRecord(metrics)})
     return Message(content, reply_to=msg)

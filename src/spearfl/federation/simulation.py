@@ -7,10 +7,13 @@ once (15-20 s) and the ClientApp builds its worker from the config each message 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+import torch
 from flwr.clientapp import ClientApp
 from flwr.simulation import run_simulation
 
@@ -38,6 +41,59 @@ def _quiet_flower() -> None:
         flwr_logger.addFilter(_DropNotice())
 
 
+def gpu_share(visible_gpus: int, clients_per_round: int, requested: float | None) -> float:
+    """The GPU share of one client actor (``fl.num_gpus_per_client``; None = auto).
+
+    Auto: 0 without a GPU; otherwise ``1 / ceil(clients_per_round / visible_gpus)``, so one
+    round's clients run side by side, packed onto whole GPUs (Ray cannot split one actor's
+    share across two GPUs), floored to Ray's resource precision of 1e-4 so that k shares of
+    ``1/k`` still fit on one GPU. At most 1: a client model uses one device.
+    """
+    if requested is not None:
+        return requested
+    if visible_gpus <= 0:
+        return 0.0
+    per_gpu = math.ceil(clients_per_round / visible_gpus)
+    return math.floor(1e4 / per_gpu) / 1e4
+
+
+def actor_cpus(available_cpus: int, clients_per_round: int, cpus_per_client: float) -> float:
+    """CPUs to give Ray: room for one round's clients, never more than the machine has.
+
+    Flower's Ray backend starts ``min(CPUs / num_cpus, GPUs / num_gpus)`` actors at once, each
+    loading the base model on first use; more actors than clients per round would only hold
+    memory (a CUDA context each on a GPU).
+    """
+    return float(min(available_cpus, clients_per_round * cpus_per_client))
+
+
+def visible_gpus() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def available_cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def backend_config(cfg: Config, gpus: int, cpus: int) -> dict[str, Any]:
+    """Flower's Ray backend settings: each actor's resources and the cluster's (``ray.init``)."""
+    fl = cfg.fl
+    return {
+        "client_resources": {
+            "num_cpus": fl.num_cpus_per_client,
+            "num_gpus": gpu_share(gpus, fl.clients_per_round, fl.num_gpus_per_client),
+        },
+        "init_args": {
+            "logging_level": logging.ERROR,
+            "log_to_driver": True,
+            "num_cpus": actor_cpus(cpus, fl.clients_per_round, fl.num_cpus_per_client),
+            "num_gpus": gpus,
+        },
+    }
+
+
 def simulate(
     cfg: Config,
     run_dir: Path,
@@ -49,8 +105,9 @@ def simulate(
 ) -> dict:
     """Run every round (from the last checkpoint when ``resume``); returns the run's summary.
 
-    Client work runs in Ray actors. ``client_app`` replaces the standard ClientApp (tests use
-    it to make clients fail or misbehave).
+    Client work runs in Ray actors, at most one per client of a round, each with its GPU share
+    (``backend_config``). ``client_app`` replaces the standard ClientApp (tests use it to make
+    clients fail or misbehave).
     """
     return simulate_runs(
         [(cfg, run_dir)], observer, resume=resume, client_app=client_app, before_round=before_round
@@ -101,18 +158,11 @@ def simulate_runs(
         resume=resume,
         before_round=before_round,
     )
-    backend_config = {
-        "client_resources": {
-            "num_cpus": fl.num_cpus_per_client,
-            "num_gpus": fl.num_gpus_per_client,
-        },
-        "init_args": {"logging_level": logging.ERROR, "log_to_driver": True},
-    }
     run_simulation(
         server_app=server_app,
         client_app=client_app or default_client_app,
         num_supernodes=max(c.data.num_clients for c, _ in runs),
-        backend_config=backend_config,
+        backend_config=backend_config(cfg, visible_gpus(), available_cpus()),
     )
     for (_, run_dir), result in zip(runs, results):
         if not result:

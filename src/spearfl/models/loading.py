@@ -148,6 +148,37 @@ def _from_pretrained(load, path: str, key: str, cache_dir: str | None, offline: 
         raise ModelNotAvailableError(not_cached_message(key, path, cache_dir)) from err
 
 
+CHECKPOINTING_KWARGS = {"use_reentrant": False}
+"""torch's non-reentrant checkpointing: gradients reach the LoRA weights inside a checkpointed
+layer even though the frozen layer's inputs need none, and the recompute replays dropout."""
+
+
+def enable_checkpointing(model: PreTrainedModel) -> None:
+    """Gradient checkpointing on every decoder layer (``activation_checkpointing_enable`` in
+    recent transformers, ``gradient_checkpointing_enable`` before). Non-reentrant, so no
+    ``enable_input_require_grads`` hook is needed for gradients to reach the LoRA weights."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    enable = enable or model.gradient_checkpointing_enable
+    enable(dict(CHECKPOINTING_KWARGS))
+
+
+def prepare_for_training(model: PreTrainedModel, *, quantized: bool, checkpointing: bool) -> None:
+    """Freeze the base model; a 4-bit model goes through peft's k-bit preparation (norms and
+    embeddings upcast to float32 for stable training on quantised weights; it also turns
+    checkpointing on)."""
+    model.requires_grad_(False)
+    if quantized:
+        from peft import prepare_model_for_kbit_training
+
+        prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=checkpointing,
+            gradient_checkpointing_kwargs=dict(CHECKPOINTING_KWARGS),
+        )
+    elif checkpointing:
+        enable_checkpointing(model)
+
+
 @dataclass
 class LoadedModel:
     model: PreTrainedModel
@@ -184,6 +215,11 @@ def load_base_model(
     tok_path = resolve_model_path(tokenizer_name, cache_dir) if tokenizer_name else path
     tok_key = "model.tokenizer_name" if tokenizer_name else "model.model_name"
     dev = resolve_device(device)
+    if load_in_4bit and dev.type != "cuda":
+        raise ValueError(
+            "model.load_in_4bit needs a CUDA GPU (bitsandbytes' 4-bit kernels), but the model "
+            f"would run on {dev.type}; set model.load_in_4bit: false to train unquantised"
+        )
     torch_dtype = resolve_dtype(dtype, dev)
     tokenizer = _from_pretrained(
         AutoTokenizer.from_pretrained,
@@ -211,8 +247,5 @@ def load_base_model(
     )
     if not device_map and not load_in_4bit:
         model.to(dev)
-    model.requires_grad_(False)
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.enable_input_require_grads()
+    prepare_for_training(model, quantized=load_in_4bit, checkpointing=gradient_checkpointing)
     return LoadedModel(model=model, tokenizer=tokenizer, device=dev, use_chat_template=use_chat)
