@@ -1,6 +1,7 @@
 """Map ``data.dataset`` to a task, and the task's feedback provider.
 
-Benchmark tasks get the same data settings (``data.path``, ``split``, ``eval_split``,
+The embedded task takes ``data.seed``, its sizes and ``data.max_eval_examples``. Benchmark tasks
+get the same data settings (``data.path``, ``split``, ``eval_split``,
 ``eval_fraction``, ``max_eval_examples``, ``skip_bad_rows``, ``hf.dataset_cache_dir``); the
 letter-answer ones also get ``feedback.mc_hint_style`` and ``feedback.mc_hint_words``. One rule
 differs: MATH-MCQA's hint fallback uses ``max(feedback.mc_hint_words, 10)`` words, so a config
@@ -27,7 +28,10 @@ from spearfl.tasks.strategyqa import StrategyQATask
 def _embedded(cfg: Config) -> Task:
     d = cfg.data
     return EmbeddedCategoryTask(
-        seed=d.seed, num_train_examples=d.num_train_examples, num_eval_examples=d.num_eval_examples
+        seed=d.seed,
+        num_train_examples=d.num_train_examples,
+        num_eval_examples=d.num_eval_examples,
+        max_eval_examples=d.max_eval_examples,
     )
 
 
