@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from spearfl.config import Config, ConfigError, load_config
 from spearfl.configs import default_config_path
+from spearfl.federation.interrupt import RunInterrupted
 
 
 def config_source(args: argparse.Namespace, extra: Sequence[str] = ()) -> tuple[Path, list[str]]:
@@ -28,3 +30,37 @@ def load_or_report(path: Path, overrides: Sequence[str]) -> Config | None:
     except ConfigError as err:
         print(f"spearfl: config error: {err}", file=sys.stderr)
         return None
+
+
+def claim_run_folder(run_dir: Path, overwrite: bool, resume_hint: str) -> bool:
+    """Whether a new run may write into ``run_dir``: yes when it holds no run; with
+    ``overwrite`` the earlier run is first moved aside whole (and the new path printed);
+    otherwise the refusal is printed, naming ``resume_hint`` as the way to continue it."""
+    from spearfl.reporting.run_folder import holds_run, run_state, set_aside
+
+    if not holds_run(run_dir):
+        return True
+    if not overwrite:
+        print(
+            f"spearfl: {run_dir} already holds a run ({run_state(run_dir).describe()}); "
+            f"continue it with `{resume_hint}`, pass --overwrite to move it aside and start "
+            "afresh, or choose another --output-dir",
+            file=sys.stderr,
+        )
+        return False
+    moved = set_aside(run_dir)
+    print(f"moved the earlier run in {run_dir} aside to {moved}")
+    return True
+
+
+def report_interrupt(stopped: RunInterrupted, resume: str | None = None) -> int:
+    """Print the one line that says how to go on and return the exit status (128 + signal).
+
+    When the server thread is still busy (an evaluation cannot be cut short), the process
+    exits here: Ray is already shut down and everything the run committed is on disk, while
+    Python would otherwise wait for that thread before exiting."""
+    print(stopped.line(resume), file=sys.stderr, flush=True)
+    if stopped.lingering:
+        sys.stdout.flush()
+        os._exit(stopped.exit_code)
+    return stopped.exit_code
