@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from spearfl.config import Config, ConfigError, load_config
 from spearfl.configs import default_config_path
@@ -53,14 +55,15 @@ def claim_run_folder(run_dir: Path, overwrite: bool, resume_hint: str) -> bool:
     return True
 
 
-def report_interrupt(stopped: RunInterrupted, resume: str | None = None) -> int:
-    """Print the one line that says how to go on and return the exit status (128 + signal).
+def report_interrupt(stopped: RunInterrupted, resume: str | None = None) -> NoReturn:
+    """Print the one line that says how to go on, then end the process with 128 + the signal.
 
-    When the server thread is still busy (an evaluation cannot be cut short), the process
-    exits here: Ray is already shut down and everything the run committed is on disk, while
-    Python would otherwise wait for that thread before exiting."""
+    Ray is shut down and everything the run committed is on disk by now. Python's own exit
+    would still wait for a server thread busy in an evaluation (it cannot be cut short) and
+    spend seconds in native teardown (measured: 3 s after Ray's shutdown), so the process ends
+    here."""
     print(stopped.line(resume), file=sys.stderr, flush=True)
-    if stopped.lingering:
-        sys.stdout.flush()
-        os._exit(stopped.exit_code)
-    return stopped.exit_code
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(stopped.exit_code)

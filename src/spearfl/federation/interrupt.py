@@ -28,8 +28,6 @@ class RunInterrupted(Exception):
         self.run_dir = Path(run_dir)
         self.last_round = last_round
         self.signum = signum
-        self.lingering = False
-        """True when a server thread was still busy (e.g. evaluating) when the caller got this."""
         super().__init__(self.line())
 
     @property

@@ -130,6 +130,9 @@ def simulate(
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Flower's logger in the workers: errors only (its "Manually terminating ClientAppActor"
+    # warning closed every run); this process's Flower logger is configured already.
+    os.environ.setdefault("FLWR_LOG_LEVEL", "ERROR")
     if cfg.hf.offline:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -190,7 +193,5 @@ def simulate(
     if result:
         return result
     if stop.is_set():
-        interrupted = RunInterrupted(run_dir, checkpoint_round(run_dir), next(iter(received), None))
-        interrupted.lingering = any(t.is_alive() for t in threads)
-        raise interrupted
+        raise RunInterrupted(run_dir, checkpoint_round(run_dir), next(iter(received), None))
     raise RuntimeError(f"the simulation ended without finishing the run; see {run_dir}")
