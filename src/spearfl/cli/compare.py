@@ -51,7 +51,8 @@ def _configs(args: argparse.Namespace, names: list[str]) -> tuple[Path, dict[str
     path = Path(args.config) if args.config else default_config_path()
     overrides = list(args.set or [])
     base = load_config(path, overrides)
-    root = Path(args.output_dir) if args.output_dir else Path(base.output_dir) / "compare"
+    # Beside the config's own run folder, not inside it: that folder belongs to its run.
+    root = Path(args.output_dir) if args.output_dir else Path(f"{base.output_dir}-compare")
     configs = {
         name: load_config(path, [*overrides, f"algorithm.name={name}", f"output_dir={root / name}"])
         for name in names
@@ -187,7 +188,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     compare.add_argument(
         "--output-dir",
-        help="comparison folder; runs go to DIR/<algorithm>/ (default: <output_dir>/compare)",
+        help="comparison folder; runs go to DIR/<algorithm>/ (default: <output_dir>-compare)",
     )
     compare.add_argument(
         "--overwrite",

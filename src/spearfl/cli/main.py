@@ -114,12 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config value (repeatable)",
     )
     run.add_argument("--output-dir", help="run directory (overrides output_dir)")
-    run.add_argument(
+    folder = run.add_mutually_exclusive_group()
+    folder.add_argument(
         "--overwrite",
         action="store_true",
         help="move a run already in the folder aside (to DIR.old-<time>) and start afresh",
     )
-    run.add_argument(
+    folder.add_argument(
         "--resume",
         metavar="RUN_DIR",
         help="continue an interrupted run from its last complete round, with its own config "

@@ -131,6 +131,13 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     run_dir = Path(cfg.output_dir)
     simulated = not (args.page_only or args.superlink)
+    if not simulated and (args.resume or args.overwrite):
+        print(
+            "spearfl: --resume and --overwrite are about the run folder of the federation serve "
+            "runs on this machine; with --page-only or --superlink there is none",
+            file=sys.stderr,
+        )
+        return 2
     if simulated and args.resume:
         from spearfl.reporting.run_folder import run_state
 
@@ -261,10 +268,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help="start rounds by themselves this often (default: only from the page)",
     )
-    serve.add_argument(
+    folder = serve.add_mutually_exclusive_group()
+    folder.add_argument(
         "--resume", action="store_true", help="continue the run in the folder (same settings)"
     )
-    serve.add_argument(
+    folder.add_argument(
         "--overwrite",
         action="store_true",
         help="move a run already in the folder aside (to DIR.old-<time>) and start afresh",
