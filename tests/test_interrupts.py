@@ -135,7 +135,7 @@ def test_serve_beside_a_finished_run_and_one_ctrl_c_stops_it_all(tiny_model_dir,
     assert main(["run", str(cfg_file)]) == 0
     before = file_hashes(run_dir)
     assert main(["serve", str(cfg_file), "--client-id", "0", "--output-dir", str(run_dir)]) == 2
-    assert "already holds a run (complete (1 rounds))" in capsys.readouterr().err
+    assert "already holds a run (complete (1 round))" in capsys.readouterr().err
 
     port, log = free_port(), tmp_path / "serve.log"
     url = f"http://127.0.0.1:{port}/"

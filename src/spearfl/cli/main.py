@@ -55,8 +55,10 @@ def _run(args: argparse.Namespace) -> int:
             return 2
         cfg = plan.cfg
         if plan.finished:
+            from spearfl.reporting.run_folder import run_state
+
             print(
-                f"{args.resume} is complete ({cfg.fl.rounds} rounds); nothing to do. To train "
+                f"{args.resume} is {run_state(args.resume).describe()}; nothing to do. To train "
                 f"longer: spearfl run --resume {args.resume} --extend-rounds N"
             )
             return 0

@@ -145,8 +145,9 @@ def run_serve(args: argparse.Namespace) -> int:
         if refusal:
             print(f"spearfl: {refusal}", file=sys.stderr)
             return 2
-        if run_state(run_dir).status == "complete":
-            print(f"{run_dir} is complete ({cfg.fl.rounds} rounds); nothing to do")
+        state = run_state(run_dir)
+        if state.status == "complete":
+            print(f"{run_dir} is {state.describe()}; nothing to do")
             return 0
     elif simulated and not claim_run_folder(
         run_dir, args.overwrite, _resume_command(args, run_dir)

@@ -49,7 +49,7 @@ class RunState:
             return "absent"
         of = f" of {self.rounds}" if self.rounds is not None else ""
         if self.status == "complete":
-            return f"complete ({self.rounds} rounds)"
+            return f"complete ({self.rounds} round{'' if self.rounds == 1 else 's'})"
         if self.last_round is None:
             return "interrupted before its first checkpoint"
         return f"interrupted after round {self.last_round}{of}"
