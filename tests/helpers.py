@@ -29,6 +29,50 @@ def spy_generate(policy) -> list[dict]:
     return calls
 
 
+class Crash(Exception):
+    """Stands for the server process dying mid-round."""
+
+
+def local_send(cfg, faults=None, crash_at: int | None = None, log: list | None = None):
+    """A server ``send`` that runs each client's real update in-process;
+    ``faults[(round, client)]`` alters it ("raise", "nan", "shape", "neg_weight")."""
+    import torch
+
+    from spearfl.federation.server import Delivery, Failure, Reply
+    from spearfl.federation.worker import ClientWorker
+
+    faults = faults or {}
+
+    def send(round_num: int, clients: list[int], adapter: dict) -> Delivery:
+        if log is not None:
+            log.append((round_num, list(clients)))
+        if round_num == crash_at:
+            raise Crash(f"server died in round {round_num}")
+        delivery = Delivery()
+        for cid in clients:
+            fault = faults.get((round_num, cid))
+            if fault == "raise":
+                delivery.failures.append(Failure(cid, "error: ClientApp raised RuntimeError"))
+                continue
+            result = ClientWorker.for_client(cfg, cid).train(dict(adapter), round_num, cid)
+            state = {k: v.detach().clone() for k, v in result.adapter.items()}
+            metrics = {k: float(v) for k, v in result.metrics.items()}
+            metrics["n_eff"] = float(result.n_eff)
+            if fault == "nan":
+                first = next(iter(state))
+                state[first] = state[first].clone()
+                state[first].view(-1)[0] = float("nan")
+            elif fault == "shape":
+                first = next(iter(state))
+                state[first] = torch.zeros(state[first].shape[0] + 1, *state[first].shape[1:])
+            elif fault == "neg_weight":
+                metrics["n_eff"] = -3.0
+            delivery.replies.append(Reply(cid, state, metrics))
+        return delivery
+
+    return send
+
+
 def tiny_run_overrides(model_dir: Path, run_dir: Path, *extra: str) -> list[str]:
     """A 2-round, 3-client SPEAR run of the tiny model on the embedded task, in seconds."""
     return [
@@ -75,8 +119,10 @@ def device_overrides(model_dir: Path, out: Path) -> list[str]:
     ]
 
 
-def spawn_spearfl(log: Path, *args: str):
-    """``spearfl ARGS`` in a child process, its output appended to ``log``."""
+def spawn_spearfl(log: Path, *args: str, own_group: bool = False):
+    """``spearfl ARGS`` in a child process, its output appended to ``log``. With ``own_group``
+    it leads a process group of its own, as a shell's foreground job does, so that
+    ``os.killpg(proc.pid, SIGINT)`` is what Ctrl-C in a terminal sends."""
     import os
     import subprocess
     import sys
@@ -86,7 +132,64 @@ def spawn_spearfl(log: Path, *args: str):
         stdout=open(log, "a"),  # noqa: SIM115 - the child owns it
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=own_group,
     )
+
+
+def process_family(pid: int) -> dict[int, str]:
+    """``{pid: name}`` of a process and everything it started (Ray's workers included)."""
+    import psutil
+
+    try:
+        parent = psutil.Process(pid)
+        family = [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return {}
+    names = {}
+    for p in family:
+        try:
+            names[p.pid] = p.name()
+        except psutil.NoSuchProcess:
+            pass
+    return names
+
+
+def still_running(pids) -> list[int]:
+    """The pids among ``pids`` that are still running (zombies count as gone)."""
+    import psutil
+
+    alive = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def wait_until(condition, proc, log: Path, timeout: float, what: str) -> None:
+    """Poll ``condition()`` until true; fails early (with the log's tail) if ``proc`` died."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"died before {what}:\n" + log.read_text()[-3000:]
+        assert time.monotonic() < deadline, (
+            f"no {what} in {timeout:.0f} s:\n" + log.read_text()[-3000:]
+        )
+        time.sleep(0.05)
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file below ``folder``, by relative path."""
+    import hashlib
+
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def wait_for_page(url: str, proc, log: Path, timeout: float = 180.0) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections import Counter
 
 from spearfl.cli.main import main
+from spearfl.config import load_config
 from spearfl.tasks.embedded import CATEGORIES, EmbeddedCategoryTask
+from spearfl.tasks.registry import build_task
 
 
 def test_unknown_key_stops_before_any_work(tmp_path, capsys):
@@ -59,3 +61,13 @@ def test_embedded_task_is_deterministic_per_seed():
     c = EmbeddedCategoryTask(seed=2).load()
     assert a.eval == b.eval and a.train[:50] == b.train[:50]
     assert a.eval != c.eval
+
+
+def test_max_eval_examples_cuts_the_embedded_eval_set_evenly():
+    full = build_task(load_config(None, [])).load().eval
+    cut = build_task(load_config(None, ["data.max_eval_examples=24"])).load().eval
+    assert len(full) == 240 and len(cut) == 24
+    assert {ex.uid for ex in cut} == {f"eval-{i}" for i in range(24)}
+    by_uid = {ex.uid: ex for ex in full}
+    assert all(ex == by_uid[ex.uid] for ex in cut)  # the same questions, not new ones
+    assert Counter(ex.label for ex in cut) == {name: 2 for name in CATEGORIES}

@@ -198,15 +198,41 @@ def test_unfinished_run_is_reported_from_its_history(tmp_path):
 
 
 # ----------------------------------------------------------------------- the CLI
-@pytest.fixture
-def fake_simulate(monkeypatch) -> list[tuple[str, Path]]:
-    """Replaces the simulation with one that writes a small finished run; records its calls."""
-    calls: list[tuple[str, Path]] = []
+def _finished(cfg, run_dir: Path, clients_in_round: dict[int, int] | None = None) -> Path:
+    """A complete run of ``cfg`` in ``run_dir``: its config, ``fl.rounds`` rounds of
+    ``fl.clients_per_round`` clients (or ``clients_in_round[r]``), summary and marker."""
+    from spearfl.config import save_config
+    from spearfl.reporting.history import write_complete
 
-    def simulate(cfg, run_dir, observer=None):
-        calls.append((cfg.algorithm.name, Path(run_dir)))
+    save_config(cfg, run_dir / "config.yaml")
+    history = [_entry(0, {}, 0.25)]
+    for r in range(1, cfg.fl.rounds + 1):
+        count = (clients_in_round or {}).get(r, cfg.fl.clients_per_round)
+        clients = {str(c): _client(100 * r, 1.0, 1.0, 800, 1) for c in range(count)}
+        history.append(_entry(r, clients, 0.25 + 0.1 * r))
+    _write_run(run_dir, history, {"rounds_completed": cfg.fl.rounds, "wall_seconds": 9.0})
+    write_complete(run_dir, cfg.fl.rounds, cfg.fl.clients_per_round)
+    return run_dir
+
+
+def _config_for(out: Path, name: str, *sets: str):
+    """The config ``spearfl compare --set SETS`` gives ``name`` (the embedded demo's file)."""
+    from spearfl.config import load_config
+    from spearfl.configs import default_config_path
+
+    overrides = [*sets, f"algorithm.name={name}", f"output_dir={out / name}"]
+    return load_config(default_config_path(), overrides)
+
+
+@pytest.fixture
+def fake_simulate(monkeypatch) -> list[tuple[str, Path, bool]]:
+    """Replaces the simulation with one that writes a small finished run; records its calls."""
+    calls: list[tuple[str, Path, bool]] = []
+
+    def simulate(cfg, run_dir, observer=None, *, resume=False, **_):
+        calls.append((cfg.algorithm.name, Path(run_dir), resume))
         assert Path(cfg.output_dir) == Path(run_dir)
-        _spear(Path(run_dir))
+        _finished(cfg, Path(run_dir))
         return {}
 
     monkeypatch.setattr(simulation, "simulate", simulate)
@@ -234,23 +260,49 @@ def test_compare_config_error_is_reported_like_run(tmp_path, capsys, fake_simula
     assert fake_simulate == [] and not out.exists()
 
 
-def test_compare_runs_each_algorithm_once_and_resumes(tmp_path, capsys, fake_simulate):
+def test_compare_keeps_complete_runs_and_resumes_interrupted_ones(tmp_path, capsys, fake_simulate):
+    from spearfl.config import save_config
+
     out = tmp_path / "cmp"
-    _grpo(out / "feedback_sft")  # finished earlier: kept as it is
-    (out / "opsd").mkdir(parents=True)
-    (out / "opsd" / "history.jsonl").write_text('{"round": 0}\n')  # cut off midway: rerun
+    _finished(_config_for(out, "feedback_sft", "fl.rounds=3"), out / "feedback_sft")
+    interrupted = _config_for(out, "opsd", "fl.rounds=3")
+    save_config(interrupted, out / "opsd" / "config.yaml")  # cut off in its round 0
+    (out / "opsd" / "history.jsonl").write_text('{"round": 0}\n')
     args = ["compare", "--algorithms", "spear, opsd,feedback_sft,spear", "--output-dir", str(out)]
-    assert main([*args, "--set", "fl.rounds=3"]) == 0
-    assert fake_simulate == [("spear", out / "spear"), ("opsd", out / "opsd")]
+    args += ["--set", "fl.rounds=3"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert f"spear: {out / 'spear'}: absent" in printed
+    assert f"opsd: {out / 'opsd'}: interrupted before its first checkpoint" in printed
+    assert f"feedback_sft: {out / 'feedback_sft'}: complete (3 rounds)" in printed
+    assert fake_simulate == [("spear", out / "spear", False), ("opsd", out / "opsd", True)]
     text = (out / COMPARISON_MD).read_text(encoding="utf-8")
     assert text.index("| spear |") < text.index("| opsd |") < text.index("| feedback_sft |")
-    assert "| feedback_sft | 0.250 | 0.550 | 0.570 |" in text
     assert (out / COMPARISON_PNG).read_bytes()[:8] == PNG_MAGIC
 
     fake_simulate.clear()
     assert main(args) == 0  # everything finished: nothing runs again
     assert fake_simulate == []
-    assert "already finished" in capsys.readouterr().out
+    assert printed.count("complete (3 rounds)") == 1
+    assert capsys.readouterr().out.count("complete (3 rounds)") == 3
+
+
+def test_compare_refuses_runs_of_other_settings_unless_overwrite(tmp_path, capsys, fake_simulate):
+    out = tmp_path / "cmp"
+    _finished(_config_for(out, "spear", "fl.rounds=2"), out / "spear")  # another comparison's
+    # The failure the old code produced: a round aggregated after one client was lost.
+    _finished(_config_for(out, "grpo", "fl.rounds=3"), out / "grpo", {2: 1})
+    args = ["compare", "--algorithms", "spear,grpo", "--output-dir", str(out), "--set"]
+    assert main([*args, "fl.rounds=3"]) == 2
+    err = capsys.readouterr().err
+    assert "spear: " in err and "other settings: fl.rounds=2 (here 3)" in err
+    assert "grpo: " in err and "round(s) 2 (1) aggregated other than 2 clients per round" in err
+    assert "--overwrite" in err and fake_simulate == [] and not (out / COMPARISON_MD).exists()
+
+    assert main([*args, "fl.rounds=3", "--overwrite"]) == 0
+    assert fake_simulate == [("spear", out / "spear", False), ("grpo", out / "grpo", False)]
+    assert len(list(out.glob("spear.old-*"))) == 1 and len(list(out.glob("grpo.old-*"))) == 1
+    assert (out / COMPARISON_MD).is_file()
 
 
 def _adapter(folder: Path) -> dict:

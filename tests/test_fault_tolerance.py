@@ -12,61 +12,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import tiny_run_overrides
+from helpers import Crash, local_send, tiny_run_overrides
 from spearfl.config import load_config
 from spearfl.federation.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from spearfl.federation.server import (
-    Delivery,
-    Failure,
     FederatedServer,
-    Reply,
     RoundFailed,
     replacement_clients,
     select_clients,
 )
 from spearfl.federation.validation import rejection_reason, update_norm
-from spearfl.federation.worker import ClientWorker, forget_policy
+from spearfl.federation.worker import forget_policy
 from spearfl.reporting.history import read_history
 
 pytestmark = pytest.mark.slow
-
-
-class Crash(Exception):
-    """Stands for the server process dying mid-round."""
-
-
-def local_send(cfg, faults=None, crash_at: int | None = None, log: list | None = None):
-    """Run each client's real update in-process; ``faults[(round, client)]`` alters it."""
-    faults = faults or {}
-
-    def send(round_num: int, clients: list[int], adapter: dict[str, torch.Tensor]) -> Delivery:
-        if log is not None:
-            log.append((round_num, list(clients)))
-        if round_num == crash_at:
-            raise Crash(f"server died in round {round_num}")
-        delivery = Delivery()
-        for cid in clients:
-            fault = faults.get((round_num, cid))
-            if fault == "raise":
-                delivery.failures.append(Failure(cid, "error: ClientApp raised RuntimeError"))
-                continue
-            result = ClientWorker.for_client(cfg, cid).train(dict(adapter), round_num, cid)
-            state = {k: v.detach().clone() for k, v in result.adapter.items()}
-            metrics = {k: float(v) for k, v in result.metrics.items()}
-            metrics["n_eff"] = float(result.n_eff)
-            if fault == "nan":
-                first = next(iter(state))
-                state[first] = state[first].clone()
-                state[first].view(-1)[0] = float("nan")
-            elif fault == "shape":
-                first = next(iter(state))
-                state[first] = torch.zeros(state[first].shape[0] + 1, *state[first].shape[1:])
-            elif fault == "neg_weight":
-                metrics["n_eff"] = -3.0
-            delivery.replies.append(Reply(cid, state, metrics))
-        return delivery
-
-    return send
 
 
 def _server(model_dir: Path, run_dir: Path, *extra: str) -> FederatedServer:

@@ -85,7 +85,10 @@ def test_a_person_gives_feedback_and_a_round_learns_from_it(browser, tiny_model_
     save_config(cfg, cfg_file)
     port, log = free_port(), tmp_path / "serve.log"
     url = f"http://127.0.0.1:{port}/"
-    proc = spawn_spearfl(log, "serve", str(cfg_file), "--client-id", "0", "--port", str(port))
+    proc = spawn_spearfl(
+        log, "serve", str(cfg_file), "--client-id", "0", "--port", str(port),
+        "--output-dir", str(run_dir),
+    )  # fmt: skip
     try:
         wait_for_page(url, proc, log)
         driver = browser

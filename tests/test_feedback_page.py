@@ -98,10 +98,11 @@ def test_bad_input_gets_a_clear_error_and_stores_nothing_wrong(page):
     assert store.get(item["id"]).hint == script
 
 
-def _spawn_page(cfg_file: Path, port: int, log: Path):
+def _spawn_page(cfg_file: Path, port: int, log: Path, device_dir: Path):
     return spawn_spearfl(
-        log, "serve", str(cfg_file), "--client-id", "0", "--page-only", "--port", str(port)
-    )
+        log, "serve", str(cfg_file), "--client-id", "0", "--page-only", "--port", str(port),
+        "--device-dir", str(device_dir),
+    )  # fmt: skip
 
 
 def test_killing_the_page_mid_write_loses_nothing_acknowledged(tiny_model_dir, tmp_path):
@@ -112,7 +113,7 @@ def test_killing_the_page_mid_write_loses_nothing_acknowledged(tiny_model_dir, t
     save_config(cfg, cfg_file)
     port, log = free_port(), tmp_path / "page.log"
     url = f"http://127.0.0.1:{port}/"
-    proc = _spawn_page(cfg_file, port, log)
+    proc = _spawn_page(cfg_file, port, log, cfg.device_dir(0))
     wait_for_page(url, proc, log)
 
     requests = [f"request-{i:04d}" for i in range(60)]
@@ -151,7 +152,9 @@ def test_killing_the_page_mid_write_loses_nothing_acknowledged(tiny_model_dir, t
         proc.wait(timeout=30)
     assert 0 < len(acked) < len(requests)
 
-    proc = _spawn_page(cfg_file, port, log)  # restart, then the client retries everything
+    proc = _spawn_page(
+        cfg_file, port, log, cfg.device_dir(0)
+    )  # restart, then the client retries everything
     try:
         wait_for_page(url, proc, log)
         for rid in requests:

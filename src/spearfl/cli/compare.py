@@ -2,9 +2,11 @@
 
 Every run gets the same configuration except ``algorithm.name`` (and its own run directory), so
 the partitions, the clients drawn each round and the eval set, which all follow from the shared
-seed, are identical. A run directory that already holds a ``summary.json`` is kept as it is, so
-an interrupted comparison resumes with the algorithms still missing; a run that was cut off
-midway (history but no summary) is started again from round 0.
+seed, are identical. Before anything runs, each run folder's state is printed (complete,
+interrupted after round k, absent); a complete run is kept, an interrupted one resumes from its
+checkpoint, and a folder holding a run of other settings (or a complete run whose rounds or
+clients per round differ from the config's) stops the comparison unless ``--overwrite`` moves
+it aside to be rerun. So running the same command again after a Ctrl-C finishes the comparison.
 """
 
 from __future__ import annotations
@@ -13,8 +15,17 @@ import argparse
 import sys
 from pathlib import Path
 
+from spearfl.cli.options import report_interrupt
+from spearfl.cli.resume import changed_settings
 from spearfl.config import Config, ConfigError, load_config
-from spearfl.reporting.history import HISTORY_FILE, SUMMARY_FILE
+from spearfl.federation.interrupt import RunInterrupted
+from spearfl.reporting.history import read_history
+from spearfl.reporting.run_folder import (
+    RunState,
+    run_state,
+    saved_config,
+    set_aside,
+)
 
 
 def parse_algorithms(text: str | None, known: list[str]) -> list[str]:
@@ -40,12 +51,69 @@ def _configs(args: argparse.Namespace, names: list[str]) -> tuple[Path, dict[str
     path = Path(args.config) if args.config else default_config_path()
     overrides = list(args.set or [])
     base = load_config(path, overrides)
-    root = Path(args.output_dir) if args.output_dir else Path(base.output_dir) / "compare"
+    # Beside the config's own run folder, not inside it: that folder belongs to its run.
+    root = Path(args.output_dir) if args.output_dir else Path(f"{base.output_dir}-compare")
     configs = {
         name: load_config(path, [*overrides, f"algorithm.name={name}", f"output_dir={root / name}"])
         for name in names
     }
     return root, configs
+
+
+def rounds_problem(run_dir: Path, cfg: Config) -> str | None:
+    """Why a run's history does not have the config's rounds and clients per round, or None."""
+    rounds = [e for e in read_history(run_dir) if int(e["round"]) > 0]
+    numbers = [int(e["round"]) for e in rounds]
+    if numbers != list(range(1, cfg.fl.rounds + 1)):
+        shown = f"1..{numbers[-1]}" if numbers == list(range(1, len(numbers) + 1)) else numbers
+        return f"its history has rounds {shown or 'none'}, the config asks for 1..{cfg.fl.rounds}"
+    want = cfg.fl.clients_per_round
+    short = [f"{e['round']} ({len(e['clients'])})" for e in rounds if len(e["clients"]) != want]
+    if short:
+        return f"round(s) {', '.join(short)} aggregated other than {want} clients per round"
+    return None
+
+
+def folder_problem(state: RunState, cfg: Config) -> str | None:
+    """Why the run already in ``cfg.output_dir`` cannot be part of this comparison, or None."""
+    if state.status == "absent":
+        return None
+    saved = saved_config(state.folder)
+    if saved is None:
+        return "it has no readable config.yaml"
+    changed = changed_settings(saved, cfg)
+    if changed:
+        shown = ", ".join(f"{k}={saved.get(k)!r} (here {cfg.get(k)!r})" for k in changed[:4])
+        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+        return f"it was run with other settings: {shown}{more}"
+    if state.status == "complete":
+        return rounds_problem(state.folder, cfg)
+    return None
+
+
+def _check_folders(configs: dict[str, Config], overwrite: bool) -> bool:
+    """Print each run's state; refuse (False) folders that hold another run unless
+    ``overwrite``, which moves them aside."""
+    problems: dict[str, str] = {}
+    for name, cfg in configs.items():
+        state = run_state(cfg.output_dir)
+        print(f"{name}: {cfg.output_dir}: {state.describe()}")
+        problem = folder_problem(state, cfg)
+        if problem:
+            problems[name] = problem
+    if problems and not overwrite:
+        for name, problem in problems.items():
+            print(
+                f"spearfl: {name}: {configs[name].output_dir} cannot be part of this comparison: "
+                f"{problem}; pass --overwrite to move it aside and rerun it, or choose another "
+                "--output-dir",
+                file=sys.stderr,
+            )
+        return False
+    for name in problems:
+        moved = set_aside(configs[name].output_dir)
+        print(f"{name}: moved the earlier run aside to {moved}; running it again")
+    return True
 
 
 def run_compare(args: argparse.Namespace) -> int:
@@ -66,6 +134,8 @@ def run_compare(args: argparse.Namespace) -> int:
     for index, cfg in enumerate(configs.values()):
         if checked_before_work(cfg, args.debug, show_notes=index == 0) is None:
             return 2
+    if not _check_folders(configs, args.overwrite):
+        return 2
 
     from spearfl.cli.progress import RichObserver
     from spearfl.federation.simulation import simulate
@@ -74,20 +144,28 @@ def run_compare(args: argparse.Namespace) -> int:
 
     for name, cfg in configs.items():
         run_dir = Path(cfg.output_dir)
-        if (run_dir / SUMMARY_FILE).is_file():
-            print(f"{name}: {run_dir} already finished; kept")
+        state = run_state(run_dir)
+        if state.status == "complete":
             continue
-        if (run_dir / HISTORY_FILE).exists():
-            print(f"{name}: {run_dir} holds an unfinished run; starting it again")
-            (run_dir / HISTORY_FILE).unlink()
-        print(f"{name}: running into {run_dir}")
+        print(f"{name}: {'resuming' if state.status == 'interrupted' else 'running'} {run_dir}")
         forget_policy()  # each run starts from the same freshly initialised adapter
-        observer = RichObserver(cfg.fl.rounds)
+        observer = RichObserver(cfg.fl.rounds, completed=state.last_round or 0)
         try:
-            simulate(cfg, run_dir, observer)
+            simulate(cfg, run_dir, observer, resume=state.status == "interrupted")
+        except RunInterrupted as stopped:
+            observer.close()
+            return report_interrupt(
+                stopped, "the same spearfl compare command (complete runs are kept)"
+            )
         finally:
             observer.close()
 
+    problems = {n: rounds_problem(Path(c.output_dir), c) for n, c in configs.items()}
+    for name, problem in problems.items():
+        if problem:
+            print(f"spearfl: {name}: not compared: {problem}", file=sys.stderr)
+    if any(problems.values()):
+        return 1
     source = args.config or "the embedded demo config"
     note = f"Config: {source}; every run identical except `algorithm.name`."
     md, png = write_comparison({n: c.output_dir for n, c in configs.items()}, root, note)
@@ -115,6 +193,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     compare.add_argument(
         "--output-dir",
-        help="comparison folder; runs go to DIR/<algorithm>/ (default: <output_dir>/compare)",
+        help="comparison folder; runs go to DIR/<algorithm>/ (default: <output_dir>-compare)",
+    )
+    compare.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="move aside (to DIR/<algorithm>.old-<time>) and rerun the runs that hold other "
+        "settings; complete runs of these settings are kept, interrupted ones resume",
     )
     compare.set_defaults(func=run_compare)

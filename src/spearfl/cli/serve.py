@@ -8,6 +8,11 @@ Three ways to run it:
 - ``--superlink HOST:PORT``: the page, and this device's SuperNode (``flower-supernode`` with
   ``partition-id=N`` and ``device-dir``) joining a real federation;
 - ``--page-only``: just the page and its inbox (the SuperNode is started some other way).
+
+Its folder is its own: ``<output_dir>-serve/client-N`` unless ``--output-dir`` says otherwise,
+never the folder of a run made with ``spearfl run``; a folder holding a run is refused unless
+``--resume`` (same settings) or ``--overwrite`` (moved aside). One Ctrl-C or SIGTERM stops the
+page, the federation and Ray together.
 """
 
 from __future__ import annotations
@@ -18,10 +23,14 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from spearfl.cli.check import checked_before_work
-from spearfl.cli.options import config_source, load_or_report
+from spearfl.cli.options import claim_run_folder, config_source, load_or_report, report_interrupt
+from spearfl.config import Config
+from spearfl.federation.interrupt import RunInterrupted, Signalled, stop_on_signals
 
 
 def last_round_clients(run_dir: Path) -> dict:
@@ -65,8 +74,52 @@ def _supernode_env() -> dict[str, str]:
     return {**os.environ, "PATH": f"{here}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
+def serve_folder(args: argparse.Namespace, cfg: Config) -> str:
+    """The run folder: ``--output-dir``, else ``<output_dir>-serve/client-N`` (beside, never
+    inside, the config's own run folder)."""
+    if args.output_dir:
+        return args.output_dir
+    return str(Path(f"{cfg.output_dir}-serve") / f"client-{args.client_id}")
+
+
+def _resume_command(args: argparse.Namespace, run_dir: Path) -> str:
+    sets = "".join(f" --set {item}" for item in args.set or [])
+    config = f" {args.config}" if args.config else ""
+    return (
+        f"spearfl serve{config} --client-id {args.client_id}{sets} --output-dir {run_dir} --resume"
+    )
+
+
+def _resume_refusal(run_dir: Path, cfg: Config) -> str | None:
+    """Why ``--resume`` cannot continue the run in ``run_dir`` with ``cfg``, or None."""
+    from spearfl.cli.resume import changed_settings
+    from spearfl.reporting.run_folder import saved_config
+
+    saved = saved_config(run_dir)
+    if saved is None:
+        return f"{run_dir} holds no run to resume (no readable config.yaml)"
+    changed = changed_settings(saved, cfg)
+    if changed:
+        return f"--resume continues the same run; these settings differ: {', '.join(changed)}"
+    return None
+
+
+def _wait_until_stopped(stop: threading.Event, done: Callable[[], bool] = lambda: False) -> None:
+    """Block until a signal sets ``stop`` (or ``done()``)."""
+    try:
+        while not stop.wait(0.5) and not done():
+            pass
+    except Signalled:
+        pass
+
+
 def run_serve(args: argparse.Namespace) -> int:
-    cfg = load_or_report(*config_source(args, ["feedback.provider=human"]))
+    found = load_or_report(*config_source(args, ["feedback.provider=human"]))
+    if found is None:
+        return 2
+    cfg = load_or_report(
+        *config_source(args, ["feedback.provider=human", f"output_dir={serve_folder(args, found)}"])
+    )
     if cfg is None or checked_before_work(cfg, args.debug) is None:
         return 2
     client_id = args.client_id
@@ -77,14 +130,52 @@ def run_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    run_dir = Path(cfg.output_dir)
+    simulated = not (args.page_only or args.superlink)
+    if not simulated and (args.resume or args.overwrite):
+        print(
+            "spearfl: --resume and --overwrite are about the run folder of the federation serve "
+            "runs on this machine; with --page-only or --superlink there is none",
+            file=sys.stderr,
+        )
+        return 2
+    if simulated and args.resume:
+        from spearfl.reporting.run_folder import run_state
 
+        refusal = _resume_refusal(run_dir, cfg)
+        if refusal:
+            print(f"spearfl: {refusal}", file=sys.stderr)
+            return 2
+        state = run_state(run_dir)
+        if state.status == "complete":
+            print(f"{run_dir} is {state.describe()}; nothing to do")
+            return 0
+    elif simulated and not claim_run_folder(
+        run_dir, args.overwrite, _resume_command(args, run_dir)
+    ):
+        return 2
+
+    stop = threading.Event()
+    received: list[int] = []
+    with stop_on_signals(stop, received, raise_in_main=True):
+        try:
+            return _serve(args, cfg, run_dir, simulated, stop)
+        except Signalled as signalled:  # while loading, before the federation started
+            print(f"spearfl: stopped by {signalled} before the federation started", file=sys.stderr)
+            return 128 + signalled.signum
+
+
+def _serve(
+    args: argparse.Namespace, cfg: Config, run_dir: Path, simulated: bool, stop: threading.Event
+) -> int:
+    """The page in a thread of its own, and the main thread's job of the mode; the page is
+    stopped whatever way that job ends."""
     from spearfl.device.model import DeviceModel
     from spearfl.device.page import RoundTrigger, create_app
     from spearfl.feedback.store import FeedbackStore
 
-    run_dir = Path(cfg.output_dir)
+    client_id = args.client_id
     device_dir = Path(args.device_dir) if args.device_dir else cfg.device_dir(client_id)
-    simulated = not (args.page_only or args.superlink)
     watch = [device_dir, run_dir] if simulated else [device_dir]
     device = DeviceModel(cfg, client_id, watch)
     store = FeedbackStore.for_device(device_dir)
@@ -93,42 +184,72 @@ def run_serve(args: argparse.Namespace) -> int:
     server = _page_server(create_app(device, store, trigger, extra), args.host, args.port)
     url = f"http://{args.host}:{args.port}/"
     print(f"feedback page for client {client_id}: {url}  (inbox: {store.path})", flush=True)
-    if args.page_only:
-        server.run()
-        return 0
-
     page = threading.Thread(target=server.run, name="feedback-page", daemon=True)
     page.start()
-    if args.superlink:
-        node = subprocess.Popen(
-            _supernode_command(args, client_id, cfg.data.num_clients, device_dir),
-            env=_supernode_env(),
-        )
-        try:
-            return node.wait()
-        except KeyboardInterrupt:
-            node.terminate()
-            return node.wait()
+    try:
+        if args.page_only:
+            _wait_until_stopped(stop, lambda: not page.is_alive())
+            return 0 if stop.is_set() else 1  # the page itself ended: it could not start
+        if args.superlink:
+            return _supernode(args, cfg, device_dir, stop)
+        return _federate(args, cfg, run_dir, trigger, url, stop)
+    finally:
+        server.should_exit = True
+        page.join(timeout=10)
 
+
+def _supernode(
+    args: argparse.Namespace, cfg: Config, device_dir: Path, stop: threading.Event
+) -> int:
+    """This device's SuperNode, until it ends or a signal stops it (and then it is stopped)."""
+    node = subprocess.Popen(
+        _supernode_command(args, args.client_id, cfg.data.num_clients, device_dir),
+        env=_supernode_env(),
+    )
+    try:
+        _wait_until_stopped(stop, lambda: node.poll() is not None)
+    finally:
+        if node.poll() is None:
+            node.terminate()
+            try:
+                node.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                node.kill()
+    return 0 if stop.is_set() else int(node.wait())
+
+
+def _federate(
+    args: argparse.Namespace,
+    cfg: Config,
+    run_dir: Path,
+    trigger,
+    url: str,
+    stop: threading.Event,
+) -> int:
+    """The whole federation on the simulation engine, a round each time the page asks (or
+    every ``--round-every`` seconds); then the page stays up until a signal."""
     from spearfl.cli.progress import RichObserver
     from spearfl.federation.simulation import simulate
 
     def before_round(round_num: int) -> None:
         print(f"round {round_num}: waiting for 'Start next round' on {url}", flush=True)
-        while not trigger.wait(timeout=args.round_every):
-            if args.round_every:
-                break
+        started = time.monotonic()
+        while not stop.is_set():
+            if trigger.wait(timeout=0.5):
+                return
+            if args.round_every and time.monotonic() - started >= args.round_every:
+                return
 
     observer = RichObserver(cfg.fl.rounds)
     try:
-        simulate(cfg, run_dir, observer, resume=args.resume, before_round=before_round)
+        simulate(cfg, run_dir, observer, resume=args.resume, before_round=before_round, stop=stop)
+    except RunInterrupted as stopped:
+        observer.close()
+        return report_interrupt(stopped, _resume_command(args, run_dir))
     finally:
         observer.close()
     print(f"all {cfg.fl.rounds} rounds done; the page stays up at {url} (Ctrl-C to stop)")
-    try:
-        page.join()
-    except KeyboardInterrupt:
-        pass
+    _wait_until_stopped(stop)
     return 0
 
 
@@ -139,7 +260,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("config", nargs="?", help="YAML config (default: the embedded demo)")
     serve.add_argument("--client-id", type=int, required=True, help="which client this device is")
     serve.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
-    serve.add_argument("--output-dir", help="run directory (overrides output_dir)")
+    serve.add_argument("--output-dir", help="run folder (default: <output_dir>-serve/client-N)")
     serve.add_argument("--host", default="127.0.0.1", help="address the page binds to")
     serve.add_argument("--port", type=int, default=8600)
     serve.add_argument("--device-dir", help="the device's folder (default: config's store_dir)")
@@ -149,7 +270,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help="start rounds by themselves this often (default: only from the page)",
     )
-    serve.add_argument("--resume", action="store_true", help="continue the run in output_dir")
+    folder = serve.add_mutually_exclusive_group()
+    folder.add_argument(
+        "--resume", action="store_true", help="continue the run in the folder (same settings)"
+    )
+    folder.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="move a run already in the folder aside (to DIR.old-<time>) and start afresh",
+    )
     mode = serve.add_mutually_exclusive_group()
     mode.add_argument("--page-only", action="store_true", help="only the page and its inbox")
     mode.add_argument("--superlink", metavar="HOST:PORT", help="join a real federation")

@@ -123,6 +123,19 @@ def load_checkpoint(run_dir: str | os.PathLike[str]) -> Checkpoint | None:
     )
 
 
+def checkpoint_round(run_dir: str | os.PathLike[str]) -> int | None:
+    """The round of the run's checkpoint, read from its metadata alone (no tensors), or None
+    when there is no checkpoint."""
+    path = Path(run_dir) / CHECKPOINT_FILE
+    if not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as fh:
+        raw = (fh.metadata() or {}).get("spearfl")
+    if raw is None:
+        raise ValueError(f"{path}: not a spearfl checkpoint (no 'spearfl' metadata)")
+    return int(json.loads(raw)["round"])
+
+
 def capture_rng() -> tuple[torch.Tensor, Any]:
     """The process's torch and Python generator states."""
     return torch.get_rng_state(), random.getstate()

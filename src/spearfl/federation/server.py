@@ -5,6 +5,11 @@ Each round: draw clients by id from (seed, round), send them the global adapter 
 retry with other clients when too few usable updates came back, aggregate, evaluate, record the
 round in ``history.jsonl`` and replace the checkpoint. Drawing by *client id* makes the same
 seed select the same clients on the simulation engine and on a real federation.
+
+A ``stop`` event (set on Ctrl-C or SIGTERM) is checked before anything is committed: a round
+it interrupts is dropped whole, whatever arrived of it, so the checkpoint and the history end
+at the last round that ran to its end. ``complete.json`` is written last, after the final
+adapter, the summary and the curves.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -30,6 +36,7 @@ from spearfl.federation.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
+from spearfl.federation.interrupt import RunInterrupted
 from spearfl.federation.partition import partition_summary
 from spearfl.federation.validation import rejection_reason
 from spearfl.federation.worker import shared_policy, shared_task_data
@@ -37,13 +44,17 @@ from spearfl.models.adapter import save_adapter
 from spearfl.reporting.curves import plot_curves
 from spearfl.reporting.history import (
     HISTORY_FILE,
+    SUMMARY_FILE,
     HistoryWriter,
+    read_complete,
     read_history,
     summarize,
     truncate_history,
+    write_complete,
     write_summary,
 )
 from spearfl.reporting.records import write_eval_questions
+from spearfl.reporting.run_folder import holds_run
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +119,10 @@ class RoundFailed(RuntimeError):
     """Too few clients delivered a usable update, even after every retry."""
 
 
+class RunFolderTaken(ValueError):
+    """A fresh run was asked to write into a folder that holds another run."""
+
+
 def replacement_clients(
     num_clients: int, tried: Iterable[int], count: int, seed: int, round_num: int, attempt: int
 ) -> list[int]:
@@ -131,9 +146,12 @@ class FederatedServer:
     cfg: Config
     run_dir: Path
     observer: RoundObserver = field(default_factory=RoundObserver)
+    stop: threading.Event | None = None
+    """Set to stop the run at the next check; the round in flight is then not committed."""
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
+        self.last_round: int | None = None  # the last round committed (history + checkpoint)
         self.policy = shared_policy(self.cfg)
         self.task, data, self.parts = shared_task_data(self.cfg)
         self.evaluator = Evaluator(
@@ -207,6 +225,7 @@ class FederatedServer:
             tried += clients
             self.observer.round_started(round_num, clients)
             delivery = send(round_num, clients, self.global_adapter)
+            self.check_stop()  # failures a stop caused are not failures of the clients
             for failure in delivery.failures:
                 log.warning(
                     "round %d: client %d failed: %s", round_num, failure.client_id, failure.reason
@@ -235,6 +254,11 @@ class FederatedServer:
         outcome.accepted.sort(key=lambda r: r.client_id)
         return outcome
 
+    def check_stop(self) -> None:
+        """Raise ``RunInterrupted`` when a stop was requested."""
+        if self.stop is not None and self.stop.is_set():
+            raise RunInterrupted(self.run_dir, self.last_round)
+
     def checkpoint(self, round_num: int, elapsed: float) -> None:
         torch_rng, python_rng = capture_rng()
         save_checkpoint(
@@ -248,6 +272,7 @@ class FederatedServer:
                 elapsed_seconds=elapsed,
             ),
         )
+        self.last_round = round_num
 
     def restore(self) -> tuple[int, float]:
         """Continue from the run directory's checkpoint: (last complete round, seconds spent)."""
@@ -260,6 +285,7 @@ class FederatedServer:
         dropped = truncate_history(self.run_dir, ckpt.round_num)
         if dropped:
             log.info("dropped %d history entr(ies) after round %d", dropped, ckpt.round_num)
+        self.last_round = ckpt.round_num
         return ckpt.round_num, ckpt.elapsed_seconds
 
     def start(self, writer: HistoryWriter) -> None:
@@ -271,6 +297,7 @@ class FederatedServer:
         )
         write_eval_questions(self.run_dir, [ex.uid for ex in self.evaluator.examples])
         entry0 = {"round": 0, "clients": [], "client_metrics": {}, "eval": self.evaluate(0)}
+        self.check_stop()
         writer.append(entry0)
         self.save("round_0000")
         self.observer.round_done(entry0)
@@ -285,8 +312,18 @@ class FederatedServer:
         """All rounds (from the last checkpoint when ``resume``); ``send`` reaches the clients.
 
         ``before_round(r)`` is called before each round starts and may block (``spearfl serve``
-        waits there until the person asks for the next round)."""
+        waits there until the person asks for the next round). A fresh run refuses a folder
+        that holds another run (``RunFolderTaken``); resuming a finished run returns its
+        summary and writes nothing."""
         started = time.perf_counter()
+        if resume and read_complete(self.run_dir) is not None:
+            log.warning("%s is complete; nothing to resume", self.run_dir)
+            return json.loads((self.run_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
+        if not resume and holds_run(self.run_dir):
+            raise RunFolderTaken(
+                f"{self.run_dir} already holds a run; resume it or write into another folder"
+            )
+        self.check_stop()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         done, spent = self.restore() if resume else (-1, 0.0)
         writer = HistoryWriter(self.run_dir)
@@ -299,8 +336,10 @@ class FederatedServer:
             self.checkpoint(0, time.perf_counter() - started)
         fl = self.cfg.fl
         for r in range(done + 1, fl.rounds + 1):
+            self.check_stop()
             if before_round is not None:
                 before_round(r)
+            self.check_stop()
             t0 = time.perf_counter()
             outcome = self.collect(r, send)
             weighted = self.aggregate(outcome.accepted)
@@ -319,14 +358,17 @@ class FederatedServer:
                 entry["eval"] = self.evaluate(r)
                 self.save(f"round_{r:04d}")
             entry["seconds"] = round(time.perf_counter() - t0, 2)
+            self.check_stop()  # the last moment a stop drops this round
             writer.append(entry)
             self.checkpoint(r, spent + time.perf_counter() - started)
             self.observer.round_done(entry)
+        self.check_stop()
         self.save("final")
         history = read_history(self.run_dir)
         summary = summarize(history, spent + time.perf_counter() - started)
         write_summary(self.run_dir, summary)
         plot_curves(history, self.run_dir / "curves.png")
+        write_complete(self.run_dir, fl.rounds, fl.clients_per_round)
         return summary
 
 

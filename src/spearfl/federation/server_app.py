@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -37,11 +38,18 @@ from spearfl.reporting.live import reporting_to
 log = logging.getLogger(__name__)
 
 
-def map_clients(grid: Grid, expected: int, timeout: float = 600.0) -> dict[int, int]:
-    """Ask every node which client id it serves: ``{client_id: node_id}``."""
+def _stopped(stop: threading.Event | None) -> bool:
+    return stop is not None and stop.is_set()
+
+
+def map_clients(
+    grid: Grid, expected: int, timeout: float = 600.0, stop: threading.Event | None = None
+) -> dict[int, int]:
+    """Ask every node which client id it serves: ``{client_id: node_id}`` (what is known so far
+    when ``stop`` is set)."""
     deadline = time.monotonic() + timeout
     mapping: dict[int, int] = {}
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not _stopped(stop):
         node_ids = list(grid.get_node_ids())
         unknown = [n for n in node_ids if n not in mapping.values()]
         if unknown:
@@ -57,21 +65,29 @@ def map_clients(grid: Grid, expected: int, timeout: float = 600.0) -> dict[int, 
         if len(mapping) >= expected:
             return mapping
         time.sleep(1.0)
+    if _stopped(stop):
+        return mapping
     raise RuntimeError(f"only {len(mapping)} of {expected} clients connected within {timeout:.0f}s")
 
 
-def grid_sender(grid: Grid, cfg: Config, observer: RoundObserver) -> SendRound:
+def grid_sender(
+    grid: Grid, cfg: Config, observer: RoundObserver, stop: threading.Event | None = None
+) -> SendRound:
     """A ``send`` function that delivers train messages through a Flower Grid.
 
     A client whose node is no longer online, a reply carrying an error (the ClientApp raised, or
     Flower reports the node gone: the SuperLink notices a missing heartbeat after 40-60 s) and a
     reply that has not arrived by ``fl.round_timeout`` seconds count as failures of that client.
+    Once ``stop`` is set it stops waiting and returns an empty delivery (the server, checking
+    the same event, drops the round).
     """
-    mapping = map_clients(grid, cfg.data.num_clients)
+    mapping = map_clients(grid, cfg.data.num_clients, stop=stop)
     cfg_json = cfg.to_json()
 
     def send(round_num: int, clients: list[int], adapter: dict[str, torch.Tensor]) -> Delivery:
         delivery = Delivery()
+        if _stopped(stop):
+            return delivery
         online = set(grid.get_node_ids())
         for cid in [c for c in clients if mapping[c] not in online]:
             delivery.failures.append(Failure(cid, f"node {mapping[cid]} is offline"))
@@ -88,7 +104,7 @@ def grid_sender(grid: Grid, cfg: Config, observer: RoundObserver) -> SendRound:
             for c in clients
         ]
         answered: set[int] = set()
-        for index, msg in _gather(grid, messages, cfg.fl.round_timeout):
+        for index, msg in _gather(grid, messages, cfg.fl.round_timeout, stop):
             # By the message it answers: an error the SuperLink writes for a lost node comes
             # from the SuperLink's own node id, not the client's.
             cid = clients[index]
@@ -104,6 +120,8 @@ def grid_sender(grid: Grid, cfg: Config, observer: RoundObserver) -> SendRound:
                 continue
             observer.client_done(round_num, cid, metrics)
             delivery.replies.append(Reply(cid, adapter_state, metrics))
+        if _stopped(stop):
+            return Delivery()
         for cid in clients:
             if cid not in answered:
                 delivery.failures.append(
@@ -114,16 +132,19 @@ def grid_sender(grid: Grid, cfg: Config, observer: RoundObserver) -> SendRound:
     return send
 
 
-def _gather(grid: Grid, messages: list[Message], timeout: float) -> Iterable[tuple[int, Message]]:
+def _gather(
+    grid: Grid, messages: list[Message], timeout: float, stop: threading.Event | None = None
+) -> Iterable[tuple[int, Message]]:
     """Push all messages, then yield ``(index of the message answered, reply)`` as replies
-    arrive (for live progress) until every message is answered or ``timeout`` seconds pass."""
+    arrive (for live progress) until every message is answered, ``timeout`` seconds pass or
+    ``stop`` is set."""
     if not messages:
         return
     deadline = time.monotonic() + timeout
     ids = list(grid.push_messages(messages))
     index_of = {message_id: i for i, message_id in enumerate(ids)}
     pending = set(ids)
-    while pending and time.monotonic() < deadline:
+    while pending and time.monotonic() < deadline and not _stopped(stop):
         got = list(grid.pull_messages(list(pending)))
         for msg in got:
             answered = msg.metadata.reply_to_message_id
@@ -140,20 +161,29 @@ def build_server_app(
     results: Sequence[dict] | None = None,
     resume: bool = False,
     before_round: Callable[[int], None] | None = None,
+    stop: threading.Event | None = None,
+    threads: list[threading.Thread] | None = None,
 ) -> ServerApp:
     """A ServerApp that runs each ``(config, run directory)`` in turn on the same Grid (used by
-    ``spearfl run``); ``results[i]`` receives run ``i``'s summary."""
+    ``spearfl run``); ``results[i]`` receives run ``i``'s summary.
+
+    ``stop`` reaches the round loop; ``threads`` receives the thread Flower runs the ServerApp
+    in, so the caller can wait for it after an interrupt."""
     app = ServerApp()
     obs = observer or RoundObserver()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        if threads is not None:
+            threads.append(threading.current_thread())
         for index, (cfg, run_dir) in enumerate(runs):
+            if stop is not None and stop.is_set():
+                return
             if index:
                 forget_policy()  # each run starts from its own freshly initialised adapter
             with reporting_to(cfg, run_dir, obs) as observer:
-                server = FederatedServer(cfg, run_dir, observer)
-                sender = grid_sender(grid, cfg, observer)
+                server = FederatedServer(cfg, run_dir, observer, stop)
+                sender = grid_sender(grid, cfg, observer, stop)
                 summary = server.run(sender, resume=resume, before_round=before_round)
             if results is not None:
                 results[index].update(summary)

@@ -2,6 +2,9 @@
 
 :func:`simulate_runs` runs several experiments one after another in one simulation: Ray starts
 once (15-20 s) and the ClientApp builds its worker from the config each message carries.
+Ctrl-C and SIGTERM stop it cleanly (``federation.interrupt``): the round in flight is dropped,
+Ray is shut down, and ``RunInterrupted`` tells the caller where the run stands. Ray processes
+that a killed run left behind are stopped before a new run starts (``ray_leftovers``).
 """
 
 from __future__ import annotations
@@ -9,6 +12,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
+import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,10 +24,24 @@ from flwr.clientapp import ClientApp
 from flwr.simulation import run_simulation
 
 from spearfl.config import Config
+from spearfl.federation import ray_leftovers
+from spearfl.federation.checkpoint import checkpoint_round
 from spearfl.federation.client_app import app as default_client_app
+from spearfl.federation.interrupt import (
+    RunInterrupted,
+    Signalled,
+    install_handlers,
+    stop_on_signals,
+)
 from spearfl.federation.server import RoundObserver
 from spearfl.federation.server_app import build_server_app
 from spearfl.hub import apply_hf_settings
+
+log = logging.getLogger(__name__)
+
+SERVER_GRACE_SECONDS = 5.0
+"""How long an interrupted run waits for its server thread (it notices a stop within 0.2 s
+unless it is in the middle of an evaluation)."""
 
 
 class _DropNotice(logging.Filter):
@@ -94,6 +114,56 @@ def backend_config(cfg: Config, gpus: int, cpus: int) -> dict[str, Any]:
     }
 
 
+def _stop_leftover_ray() -> None:
+    """Stop (or at least name) the Ray processes a killed earlier run left behind."""
+    stopped, failed = ray_leftovers.stop_leftovers()
+    if stopped:
+        log.warning(
+            "stopped %d Ray process(es) left behind by a run that was killed: %s",
+            len(stopped),
+            ray_leftovers.describe(stopped),
+        )
+    if failed:
+        log.warning(
+            "Ray processes left behind by a killed run could not be stopped: %s",
+            ray_leftovers.describe(failed),
+        )
+
+
+def _start_ray(init_args: dict) -> None:
+    """``ray.init`` as Flower's Ray backend would call it (the driver's import path passed to
+    the workers), done here so that the signal handlers can be put back after it: ``ray.init``
+    replaces SIGTERM's handler with one that exits at once."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    pythonpath = os.pathsep.join(sys.path)
+    if os.environ.get("PYTHONPATH"):
+        pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+    os.environ["PYTHONPATH"] = pythonpath
+    ray.init(
+        runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, include_dashboard=False, **init_args
+    )
+
+
+def _join(threads: list[threading.Thread]) -> None:
+    """Give the server thread a few seconds to notice the stop; a signal meanwhile only adds
+    to the stop already under way."""
+    for thread in threads:
+        try:
+            thread.join(timeout=SERVER_GRACE_SECONDS)
+        except Signalled:
+            thread.join(timeout=SERVER_GRACE_SECONDS)
+
+
+def _shutdown_ray() -> None:
+    """Also after an interrupted start: ray.shutdown stops whatever ray.init had started."""
+    import ray
+
+    ray.shutdown()
+
+
 def simulate(
     cfg: Config,
     run_dir: Path,
@@ -102,15 +172,23 @@ def simulate(
     resume: bool = False,
     client_app: ClientApp | None = None,
     before_round: Callable[[int], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> dict:
     """Run every round (from the last checkpoint when ``resume``); returns the run's summary.
 
     Client work runs in Ray actors, at most one per client of a round, each with its GPU share
     (``backend_config``). ``client_app`` replaces the standard ClientApp (tests use it to make
-    clients fail or misbehave).
+    clients fail or misbehave). ``stop`` (set by SIGINT/SIGTERM, or by the caller) ends the run
+    at the next check: ``RunInterrupted`` is raised after Ray is shut down, with the checkpoint
+    at the last complete round.
     """
     return simulate_runs(
-        [(cfg, run_dir)], observer, resume=resume, client_app=client_app, before_round=before_round
+        [(cfg, run_dir)],
+        observer,
+        resume=resume,
+        client_app=client_app,
+        before_round=before_round,
+        stop=stop,
     )[0]
 
 
@@ -121,15 +199,18 @@ def simulate_runs(
     resume: bool = False,
     client_app: ClientApp | None = None,
     before_round: Callable[[int], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> list[dict]:
     """Run each ``(config, run directory)`` in turn on one simulation; their summaries.
 
     Ray starts once for all of them, with as many SuperNodes as the largest ``num_clients``; the
     runs must agree on the resources of a client (``fl.num_cpus_per_client`` /
-    ``num_gpus_per_client``) and on the ``hf`` section, which are fixed when Ray starts.
+    ``num_gpus_per_client``) and on the ``hf`` section, which are fixed when Ray starts. An
+    interrupt raises ``RunInterrupted`` for the run that was in flight.
     """
     if not runs:
         return []
+    runs = [(c, Path(d)) for c, d in runs]
     cfg = runs[0][0]
     fl = cfg.fl
     for other, _ in runs[1:]:
@@ -148,23 +229,62 @@ def simulate_runs(
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Flower's logger in the workers: errors only (its "Manually terminating ClientAppActor"
+    # warning closed every run); this process's Flower logger is configured already.
+    os.environ.setdefault("FLWR_LOG_LEVEL", "ERROR")
     apply_hf_settings(cfg.hf)
     _quiet_flower()
+    stop = stop or threading.Event()
+    received: list[int] = []
     results: list[dict] = [{} for _ in runs]
+    threads: list[threading.Thread] = []
     server_app = build_server_app(
-        [(c, Path(d)) for c, d in runs],
+        runs,
         observer,
         results,
         resume=resume,
         before_round=before_round,
+        stop=stop,
+        threads=threads,
     )
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app or default_client_app,
-        num_supernodes=max(c.data.num_clients for c, _ in runs),
-        backend_config=backend_config(cfg, visible_gpus(), available_cpus()),
-    )
+    # The largest round decides how many actors may run at once.
+    widest = max(runs, key=lambda run: run[0].fl.clients_per_round)[0]
+    backend = backend_config(widest, visible_gpus(), available_cpus())
+    flwr_logger = logging.getLogger("flwr")
+    flwr_level = flwr_logger.level
+    # While Ray starts, a signal only sets ``stop`` (an interrupted ray.init leaves processes
+    # that ray.shutdown cannot reach); once it is up, the first signal also unwinds Flower.
+    with stop_on_signals(stop, received, raise_in_main=False):
+        try:
+            _stop_leftover_ray()
+            try:
+                _start_ray(backend["init_args"])
+            except SystemExit:  # ray.init's own SIGTERM handler, before ours is back
+                stop.set()
+                received.append(signal.SIGTERM)
+            install_handlers(stop, received, raise_in_main=True)
+            if not stop.is_set():
+                run_simulation(
+                    server_app=server_app,
+                    client_app=client_app or default_client_app,
+                    num_supernodes=max(c.data.num_clients for c, _ in runs),
+                    backend_config=backend,
+                )
+        except (Signalled, RunInterrupted):
+            pass
+        except BaseException:
+            if not stop.is_set():
+                raise
+        finally:
+            if stop.is_set():  # the actors die now; their errors are not the run's
+                flwr_logger.setLevel(logging.CRITICAL)
+            _shutdown_ray()
+            _join(threads)
+            flwr_logger.setLevel(flwr_level)
     for (_, run_dir), result in zip(runs, results):
-        if not result:
-            raise RuntimeError(f"the simulation ended without finishing the run; see {run_dir}")
+        if result:
+            continue
+        if stop.is_set():
+            raise RunInterrupted(run_dir, checkpoint_round(run_dir), next(iter(received), None))
+        raise RuntimeError(f"the simulation ended without finishing the run; see {run_dir}")
     return results

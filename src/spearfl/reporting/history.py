@@ -1,8 +1,13 @@
-"""Per-round run history (``history.jsonl``) and the end-of-run ``summary.json``.
+"""Per-round run history (``history.jsonl``), the end-of-run ``summary.json`` and the
+``complete.json`` marker.
 
 The history is the run's only durable record of progress, so it is append-only JSON lines,
 flushed and fsynced after every round: a crash loses at most the round that was in flight,
 and the reader tolerates the half-written line such a crash can leave behind.
+
+``complete.json`` is written last, after the final round, the final adapter, the summary and
+the curves: its presence is what "finished" means (a ``summary.json`` alone is not proof, a
+run cut off while writing its last files has one).
 """
 
 from __future__ import annotations
@@ -11,26 +16,31 @@ import json
 import math
 import os
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "COMPLETE_FILE",
     "EXTRA_EVAL_METRICS",
     "HISTORY_FILE",
     "SUMMARY_FILE",
     "HistoryError",
     "HistoryWriter",
     "client_updates",
+    "read_complete",
     "read_history",
     "summarize",
     "truncate_history",
+    "write_complete",
     "write_summary",
 ]
 
 HISTORY_FILE = "history.jsonl"
 SUMMARY_FILE = "summary.json"
+COMPLETE_FILE = "complete.json"
 EXTRA_EVAL_METRICS: tuple[str, ...] = ("option_accuracy", "valid_rate")
 """Optional eval keys reported next to ``accuracy`` whenever an evaluator provides them."""
 
@@ -227,16 +237,14 @@ def summarize(history: Sequence[Mapping[str, Any]], wall_seconds: float) -> dict
     return summary
 
 
-def write_summary(run_dir: str | os.PathLike[str], summary: Mapping[str, Any]) -> Path:
-    """Write ``<run_dir>/summary.json`` atomically, so readers never see a half-written file."""
-    folder = Path(run_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / SUMMARY_FILE
-    # The temp file sits in the same folder so os.replace is a same-filesystem atomic rename.
-    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{SUMMARY_FILE}.", suffix=".tmp")
+def _write_json_atomically(target: Path, data: Mapping[str, Any]) -> Path:
+    """Write ``data`` to ``target`` through a temporary file in the same folder and a rename,
+    so readers see the old file or the new one, never half of one."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(dict(summary), handle, indent=2, sort_keys=True)
+            json.dump(dict(data), handle, indent=2, sort_keys=True)
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
@@ -245,3 +253,31 @@ def write_summary(run_dir: str | os.PathLike[str], summary: Mapping[str, Any]) -
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return target
+
+
+def write_summary(run_dir: str | os.PathLike[str], summary: Mapping[str, Any]) -> Path:
+    """Write ``<run_dir>/summary.json`` atomically, so readers never see a half-written file."""
+    return _write_json_atomically(Path(run_dir) / SUMMARY_FILE, summary)
+
+
+def write_complete(run_dir: str | os.PathLike[str], rounds: int, clients_per_round: int) -> Path:
+    """Mark the run finished (atomically): call only after every other file of the run is
+    written."""
+    marker = {
+        "complete": True,
+        "rounds": int(rounds),
+        "clients_per_round": int(clients_per_round),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return _write_json_atomically(Path(run_dir) / COMPLETE_FILE, marker)
+
+
+def read_complete(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The run's completion marker, or None when the run never finished (or the marker is not
+    one: an unreadable marker is treated as absent, so the run is resumed rather than kept)."""
+    path = Path(run_dir) / COMPLETE_FILE
+    try:
+        marker = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return marker if isinstance(marker, dict) and marker.get("complete") is True else None

@@ -381,17 +381,24 @@ class EmbeddedCategoryTask(Task):
         num_train_examples: int = 2000,
         num_eval_examples: int = 240,
         eval_share: float = 0.3,
+        max_eval_examples: int | None = None,
     ) -> None:
+        if max_eval_examples is not None and max_eval_examples < 1:
+            raise ValueError(f"max_eval_examples must be >= 1 or None, got {max_eval_examples!r}")
         self.seed = seed
         self.num_train = num_train_examples
         self.num_eval = num_eval_examples
+        self.max_eval = max_eval_examples
         self.eval_share = eval_share
 
     def load(self) -> TaskData:
+        """``max_eval_examples`` keeps the first of the eval questions as they are generated
+        (categories take turns there, so a cut keeps them balanced), then shuffles them."""
         train_items, eval_items = split_items(self.seed, self.eval_share)
+        num_eval = min(self.num_eval, self.max_eval or self.num_eval)
         return TaskData(
             train=self._questions(train_items, self.num_train, "train"),
-            eval=self._questions(eval_items, self.num_eval, "eval"),
+            eval=self._questions(eval_items, num_eval, "eval"),
         )
 
     def _questions(self, items: dict[str, list[str]], count: int, part: str) -> list[Example]:

@@ -1,8 +1,9 @@
 """Map ``data.dataset`` to a task, and the task's feedback provider.
 
-Each benchmark answers to the name the paper's config files use (``arc_challenge``,
-``hellaswag``, ``math_mcqa``, ``strategy_qa``) and to its Hugging Face id. Benchmark tasks get
-the same data settings (``data.path``, ``split``, ``eval_split``, ``eval_fraction``,
+The embedded task takes ``data.seed``, its sizes and ``data.max_eval_examples``. Each benchmark
+answers to the name the paper's config files use (``arc_challenge``, ``hellaswag``,
+``math_mcqa``, ``strategy_qa``) and to its Hugging Face id. Benchmark tasks get the same data
+settings (``data.path``, ``split``, ``eval_split``, ``eval_fraction``,
 ``max_eval_examples``, ``skip_bad_rows``, the datasets cache of ``hf``); the letter-answer ones
 also get ``feedback.mc_hint_style`` and ``feedback.mc_hint_words``. One rule differs:
 MATH-MCQA's hint fallback uses ``max(feedback.mc_hint_words, 10)`` words, so a config written
@@ -31,7 +32,10 @@ from spearfl.tasks.strategyqa import StrategyQATask
 def _embedded(cfg: Config) -> Task:
     d = cfg.data
     return EmbeddedCategoryTask(
-        seed=d.seed, num_train_examples=d.num_train_examples, num_eval_examples=d.num_eval_examples
+        seed=d.seed,
+        num_train_examples=d.num_train_examples,
+        num_eval_examples=d.num_eval_examples,
+        max_eval_examples=d.max_eval_examples,
     )
 
 
