@@ -9,6 +9,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The shared benchmark-data folder.
