@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import spearfl.federation.simulation as simulation
+from helpers import eval_record, write_finished_run
 from spearfl.cli.main import main
 from spearfl.reporting.comparison import (
     COMPARISON_MD,
@@ -359,3 +360,69 @@ def test_compare_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path):
     rows = load_run("opsd", out / "opsd"), load_run("spear", out / "spear")
     assert rows[0].adapter_bytes == rows[1].adapter_bytes
     assert (out / COMPARISON_MD).is_file() and (out / COMPARISON_PNG).is_file()
+
+
+@pytest.fixture
+def fake_seed_simulate(monkeypatch) -> list[tuple[str, int, Path, bool]]:
+    """A simulation that writes a complete run with per-question records: of 20 eval
+    questions SPEAR gets 10 + (seed - 40) right in its last round, GRPO 8."""
+    from spearfl.config import save_config
+    from spearfl.reporting.history import write_complete
+
+    calls: list[tuple[str, int, Path, bool]] = []
+
+    def simulate(cfg, run_dir, observer=None, *, resume=False, **_):
+        run_dir = Path(run_dir)
+        calls.append((cfg.algorithm.name, cfg.data.seed, run_dir, resume))
+        right = 10 + cfg.data.seed - 40 if cfg.algorithm.name == "spear" else 8
+        evals = {
+            0: eval_record([1] * 5 + [0] * 15),
+            1: eval_record([1] * right + [0] * (20 - right)),
+        }
+        save_config(cfg, run_dir / "config.yaml")
+        write_finished_run(run_dir, [f"q{i}" for i in range(20)], evals, rounds=1)
+        write_complete(run_dir, 1, cfg.fl.clients_per_round)
+        return {}
+
+    monkeypatch.setattr(simulation, "simulate", simulate)
+    return calls
+
+
+def test_compare_over_seeds_runs_each_seed_and_reports_paired_intervals(
+    tmp_path, capsys, fake_seed_simulate
+):
+    out = tmp_path / "cmp"
+    args = ["compare", "--algorithms", "grpo,spear", "--seeds", "41,42", "--output-dir", str(out)]
+    args += ["--set", "fl.rounds=1", "--set", "fl.clients_per_round=1"]
+    assert main(args) == 0
+    assert fake_seed_simulate == [
+        ("grpo", 41, out / "seed-41" / "grpo", False),
+        ("spear", 41, out / "seed-41" / "spear", False),
+        ("grpo", 42, out / "seed-42" / "grpo", False),
+        ("spear", 42, out / "seed-42" / "spear", False),
+    ]
+    text = (out / COMPARISON_MD).read_text(encoding="utf-8")
+    assert text.startswith("# Algorithm comparison over seeds 41, 42")
+    spear_row = next(line for line in text.splitlines() if line.startswith("| spear |"))
+    assert "0.550, 0.600" in spear_row  # final accuracy per seed: 11/20 and 12/20
+    assert "spear against each baseline" in text
+    grpo_diff = next(
+        line for line in text.splitlines() if line.startswith("| grpo |") and "1.000" in line
+    )
+    # Mean paired difference (0.15 + 0.20) / 2, the seeded bootstrap's interval, P = 1.
+    assert grpo_diff.startswith("| grpo | +0.175 [+0.075, +0.300] | 1.000 |")
+
+    # A second call keeps every complete run; a missing one of seed 42 is run again.
+    import shutil
+
+    shutil.rmtree(out / "seed-42" / "spear")
+    fake_seed_simulate.clear()
+    assert main(args) == 0
+    assert fake_seed_simulate == [("spear", 42, out / "seed-42" / "spear", False)]
+
+
+def test_compare_target_must_be_one_of_the_algorithms(tmp_path, capsys, fake_seed_simulate):
+    args = ["compare", "--algorithms", "grpo,opsd", "--target", "spear", "--seeds", "1,2"]
+    assert main([*args, "--output-dir", str(tmp_path / "cmp")]) == 2
+    assert "--target 'spear' is not among --algorithms grpo,opsd" in capsys.readouterr().err
+    assert fake_seed_simulate == []

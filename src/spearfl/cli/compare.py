@@ -44,20 +44,34 @@ def parse_algorithms(text: str | None, known: list[str]) -> list[str]:
     return names
 
 
-def _configs(args: argparse.Namespace, names: list[str]) -> tuple[Path, dict[str, Config]]:
-    """The comparison folder and one validated config per algorithm (raises ConfigError)."""
+def _configs(
+    args: argparse.Namespace, names: list[str], seeds: list[int] | None
+) -> tuple[Path, dict[str, Config]]:
+    """The comparison folder and one validated config per run (raises ConfigError).
+
+    Without ``seeds`` the runs are ``DIR/<algorithm>/`` with the config's own seed, keyed by the
+    algorithm; with them, ``DIR/seed-S/<algorithm>/`` with ``data.seed = S``, keyed
+    ``seed-S/<algorithm>``, seed by seed."""
     from spearfl.configs import default_config_path
+    from spearfl.reporting.seeds import seed_overrides
 
     path = Path(args.config) if args.config else default_config_path()
     overrides = list(args.set or [])
     base = load_config(path, overrides)
     # Beside the config's own run folder, not inside it: that folder belongs to its run.
     root = Path(args.output_dir) if args.output_dir else Path(f"{base.output_dir}-compare")
-    configs = {
-        name: load_config(path, [*overrides, f"algorithm.name={name}", f"output_dir={root / name}"])
+    if seeds is None:
+        return root, {
+            name: load_config(
+                path, [*overrides, f"algorithm.name={name}", f"output_dir={root / name}"]
+            )
+            for name in names
+        }
+    return root, {
+        f"seed-{seed}/{name}": load_config(path, [*overrides, *seed_overrides(root, seed, name)])
+        for seed in seeds
         for name in names
     }
-    return root, configs
 
 
 def rounds_problem(run_dir: Path, cfg: Config) -> str | None:
@@ -118,14 +132,19 @@ def _check_folders(configs: dict[str, Config], overwrite: bool) -> bool:
 
 def run_compare(args: argparse.Namespace) -> int:
     from spearfl.algorithms.registry import ALGORITHMS
+    from spearfl.cli.options import parse_seeds
 
     try:
         names = parse_algorithms(args.algorithms, list(ALGORITHMS))
+        seeds = parse_seeds(args.seeds, 0) if args.seeds else None
+        target = args.target or ("spear" if "spear" in names else names[0])
+        if target not in names:
+            raise ValueError(f"--target {target!r} is not among --algorithms {','.join(names)}")
     except ValueError as err:
         print(f"spearfl: {err}", file=sys.stderr)
         return 2
     try:
-        root, configs = _configs(args, names)
+        root, configs = _configs(args, names, seeds)
     except ConfigError as err:
         print(f"spearfl: config error: {err}", file=sys.stderr)
         return 2
@@ -140,7 +159,6 @@ def run_compare(args: argparse.Namespace) -> int:
     from spearfl.cli.progress import RichObserver
     from spearfl.federation.simulation import simulate
     from spearfl.federation.worker import forget_policy
-    from spearfl.reporting.comparison import write_comparison
 
     for name, cfg in configs.items():
         run_dir = Path(cfg.output_dir)
@@ -167,8 +185,16 @@ def run_compare(args: argparse.Namespace) -> int:
     if any(problems.values()):
         return 1
     source = args.config or "the embedded demo config"
-    note = f"Config: {source}; every run identical except `algorithm.name`."
-    md, png = write_comparison({n: c.output_dir for n, c in configs.items()}, root, note)
+    note = f"Config: {source}; every run identical except `algorithm.name`"
+    if seeds is None:
+        from spearfl.reporting.comparison import write_comparison
+
+        md, png = write_comparison({n: c.output_dir for n, c in configs.items()}, root, note + ".")
+    else:
+        from spearfl.reporting.seeds import write_seed_comparison
+
+        note += f" and, per seed, `data.seed` ({', '.join(map(str, seeds))})."
+        md, png = write_seed_comparison(root, names, seeds, target=target, note=note)
     print(f"comparison: {md}  {png}")
     return 0
 
@@ -190,6 +216,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="append",
         metavar="SECTION.KEY=VALUE",
         help="override a config value for every run (repeatable)",
+    )
+    compare.add_argument(
+        "--seeds",
+        metavar="S,S,...",
+        help="run every algorithm once per seed (data.seed), into DIR/seed-S/<algorithm>/, and "
+        "report means with paired 95%% bootstrap intervals (default: the config's one seed)",
+    )
+    compare.add_argument(
+        "--target",
+        metavar="NAME",
+        help="the algorithm compared against each of the others in the report (default: spear "
+        "when it runs, else the first of --algorithms)",
     )
     compare.add_argument(
         "--output-dir",
