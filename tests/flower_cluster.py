@@ -77,6 +77,8 @@ class LocalFederation:
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
             "FLWR_TELEMETRY_ENABLED": "0",
             "FLWR_DISABLE_UPDATE_CHECK": "1",
+            # A simulation earlier in this process quiets Flower (ERROR); these logs are read.
+            "FLWR_LOG_LEVEL": "INFO",
             "HF_HUB_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
             "PYTHONUNBUFFERED": "1",
