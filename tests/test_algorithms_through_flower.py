@@ -11,6 +11,17 @@ from spearfl.config import load_config
 ALGORITHMS = ["spear", "feedback_sft", "grpo", "opsd", "rltf_sd"]
 
 
+def expected_n_eff(name: str, metrics: dict, client_examples: int) -> float:
+    """Each algorithm's FedAvg weight, from what the client reported."""
+    if name in ("spear", "feedback_sft"):  # the wins when trained, else the rollouts
+        return max(1.0, metrics["wins"]) if metrics["trained"] else metrics["num_rollouts"]
+    if name == "grpo":  # every example could have been drawn: the client's dataset size
+        return float(client_examples)
+    if name == "opsd":  # non-empty answers; the tiny model's 3-token answers all are
+        return metrics["num_rollouts"]
+    return 4.0  # rltf_sd: 4 rollout steps / N = 2 -> 2 prompts x 2 samples = 4 traces
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ALGORITHMS)
 def test_one_round_of_each_algorithm(name, tiny_model_dir, tmp_path):
@@ -47,12 +58,13 @@ def test_one_round_of_each_algorithm(name, tiny_model_dir, tmp_path):
     assert [h["round"] for h in history] == [0, 1]
     round_one = history[1]
     assert sorted(round_one["clients"]) == [0, 1]
-    for metrics in round_one["client_metrics"].values():
+    sizes = json.loads((run_dir / "partition.json").read_text())["sizes"]
+    for client, metrics in round_one["client_metrics"].items():
         assert metrics["tokens_generated"] > 0
         assert metrics["rollout_seconds"] > 0
-        assert metrics["n_eff"] >= 0
-        if name == "rltf_sd":  # 4 rollout steps / N = 2: 2 prompts x 2 samples = 4 traces
-            assert metrics["n_eff"] == 4 and metrics["rollout_prompts"] == 2
+        assert metrics["n_eff"] == expected_n_eff(name, metrics, sizes[int(client)]), client
+        if name == "rltf_sd":
+            assert metrics["rollout_prompts"] == 2
         assert metrics["peak_rss_mb"] > 0
         assert metrics["adapter_bytes"] > 0
     assert history[1]["eval"]["n"] == 8

@@ -340,6 +340,6 @@ def test_opsd_update_metrics_and_weight(tiny_model_dir, policy):
     assert m["completions_generated"] == 4
     assert m["rollout_seconds"] > 0 and m["train_seconds"] > 0
     assert m["steps"] + m["skipped_steps"] == 2 and m["trained"] == 1
-    assert m["mean_loss"] >= 0 and m["lr"] > 0
+    assert m["mean_loss"] > 0 and m["lr"] > 0  # a KL between different prompts
     assert any(not torch.equal(result.adapter[k], received[k]) for k in received)
     policy.set_adapter(received)

@@ -51,7 +51,9 @@ def test_two_round_run_with_embedded_model(dataset, shared_data, tmp_path):
     for entry in history:
         assert entry["eval"]["method"] == method
         assert entry["eval"]["n"] == 24
-        assert 0.0 <= entry["eval"]["accuracy"] <= 1.0
+        hits = entry["eval"]["correct"]  # the accuracy is the share of per-question hits
+        assert len(hits) == entry["eval"]["n"] and set(hits) <= {0, 1}
+        assert entry["eval"]["accuracy"] == round(sum(hits) / len(hits), 4)
     for entry in history[1:]:
         assert len(entry["clients"]) == 2
         for metrics in entry["client_metrics"].values():
