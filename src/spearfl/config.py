@@ -623,18 +623,21 @@ def config_from_json(text: str) -> Config:
 
 
 def _override_value(key: str, text: str) -> Any:
-    """Parse a --set value with YAML; a str-typed key keeps the raw text (e.g. '2024')."""
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(
-            f"cannot parse value of {key}: {exc}", key, f"--set {key}={text}"
-        ) from None
+    """Parse a --set value with YAML; a str-typed key keeps the raw text (e.g. '2024', or a
+    prompt template such as 'Q: {question}' that YAML would read as a mapping or reject)."""
     section, _, name = key.rpartition(".")
     owner = _SECTIONS.get(section, Config) if section else Config
     hint = _hints(owner).get(name)
     if typing.get_origin(hint) in (Union, types.UnionType):
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        if hint is str:
+            return text.strip()
+        raise ConfigError(
+            f"cannot parse value of {key}: {exc}", key, f"--set {key}={text}"
+        ) from None
     if value is not None and not isinstance(value, str) and hint is str:
         return text.strip()
     return value

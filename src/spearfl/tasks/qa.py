@@ -360,7 +360,7 @@ class QATask(DatasetTask, LetterChoiceTask):
         """Choice: a letter after the marker followed by one more character; otherwise the
         marker's line has text and has ended (answers may be several words)."""
         if self.spec.rule == "choice":
-            pattern = rf"{re.escape(self.spec.marker)}\s*\(?[A-Ha-h](?![A-Za-z0-9])."
+            pattern = rf"{re.escape(self.spec.marker)}\s*\(?[A-Ha-h][^A-Za-z0-9]"
         else:
             pattern = rf"{re.escape(self.spec.marker)}[ \t]*\S[^\n]*\n"
         return re.search(pattern, text, flags=re.IGNORECASE) is not None
