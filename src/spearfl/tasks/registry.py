@@ -166,5 +166,10 @@ def task_notes(cfg: Config) -> list[str]:
 
 
 def build_feedback(cfg: Config, task: Task) -> FeedbackProvider:
-    """The oracle decides correctness for both settings; ``none`` only turns revisions off."""
+    """``human``: what people judged on the device's page. Otherwise the oracle decides
+    correctness; ``none`` only turns revisions off."""
+    if cfg.feedback.provider == "human":
+        from spearfl.feedback.human import HumanFeedback  # imported lazily: it needs torch
+
+        return HumanFeedback()
     return OracleFeedback(task)
