@@ -332,3 +332,14 @@ def test_two_rounds_of_spear_on_a_qa_file_through_flower(tiny_model_dir, tmp_pat
         assert len(entry["client_metrics"]) == 2
         for metrics in entry["client_metrics"].values():
             assert metrics["num_rollouts"] == 8 and metrics["tokens_generated"] > 0
+
+
+def test_settings_the_task_does_not_read_get_a_note():
+    from spearfl.tasks.registry import task_notes
+
+    notes = task_notes(load_config(None, ["qa.rule=number"]))
+    assert notes == ["the qa section has no effect on embedded (only data.dataset qa reads it)"]
+    notes = task_notes(load_config(None, ["data.dataset=qa", "feedback.mc_hint_words=5"]))
+    assert notes == [
+        "feedback.mc_hint_words = 5 has no effect on qa (its hint follows its own rule)"
+    ]
