@@ -10,8 +10,7 @@ from spearfl.algorithms.base import RoundContext
 from spearfl.algorithms.rollout import CONFIDENCE_FIXED, CONFIDENCE_UNFIXED
 from spearfl.algorithms.spear import SpearUpdate
 from spearfl.config import ConfigError, load_config
-from spearfl.feedback.human import human_rollout
-from spearfl.feedback.oracle import OracleFeedback
+from spearfl.feedback.human import HumanFeedback, human_rollout
 from spearfl.feedback.store import FeedbackStore, StoreError, UnknownInteraction
 from spearfl.tasks.embedded import EmbeddedCategoryTask
 
@@ -132,7 +131,7 @@ def test_spear_trains_on_the_inbox_once_then_reports_zero_weight(human_setup):
     store = FeedbackStore.for_device(device)
     ids = _fill(store)
     received = policy.get_adapter()
-    spear = SpearUpdate(cfg, policy, task, OracleFeedback(task))
+    spear = SpearUpdate(cfg, policy, task, HumanFeedback())
     ctx = RoundContext(1, 2, 0, 42, str(device))
     result = spear.update(received, [], ctx)
     m = result.metrics
@@ -145,3 +144,55 @@ def test_spear_trains_on_the_inbox_once_then_reports_zero_weight(human_setup):
     assert again.n_eff == 0.0 and again.metrics["trained"] == 0
     assert again.metrics["num_rollouts"] == 0
     assert all(torch.equal(again.adapter[k], result.adapter[k]) for k in received)
+
+
+def test_a_round_whose_training_raises_closes_the_store_and_restores_eval_mode(human_setup):
+    """The device's SQLite connection is closed and the model is back in eval mode (as it was
+    before the round) when training fails part-way; nothing is marked used, so the judged
+    answers wait for the next round."""
+    cfg, policy, device = human_setup
+    task = EmbeddedCategoryTask(seed=42, num_train_examples=40, num_eval_examples=8)
+    store = FeedbackStore.for_device(device)
+    ids = _fill(store)
+    wal = device / "feedback.sqlite-wal"  # SQLite removes it when the last connection closes
+    assert wal.exists()
+    store.close()
+    assert not wal.exists()
+
+    class DeviceLost(RuntimeError):
+        pass
+
+    def fail_in_training(module, args):
+        if module.training:  # only the training forward passes, never generation
+            raise DeviceLost("accelerator lost mid-update")
+
+    layer = next(m for name, m in policy.model.named_modules() if name.endswith("lora_A.default"))
+    handle = layer.register_forward_pre_hook(fail_in_training)
+    assert not policy.model.training
+    spear = SpearUpdate(cfg, policy, task, HumanFeedback())
+    try:
+        with pytest.raises(DeviceLost):
+            spear.update(policy.get_adapter(), [], RoundContext(1, 2, 0, 42, str(device)))
+    finally:
+        handle.remove()
+    assert not wal.exists()  # the provider's connection was closed
+    assert not policy.model.training and not any(m.training for m in policy.model.modules())
+    reopened = FeedbackStore.for_device(device)
+    assert {reopened.get(i).used_in_round for i in ids.values()} == {None}
+    assert len(reopened.judged_unused()) == 4
+    reopened.close()
+
+
+def test_the_human_provider_is_built_from_the_config_and_cannot_judge_live(human_setup):
+    from spearfl.tasks.registry import build_feedback
+
+    cfg, _, _ = human_setup
+    task = EmbeddedCategoryTask(seed=42, num_train_examples=40, num_eval_examples=8)
+    provider = build_feedback(cfg, task)
+    assert isinstance(provider, HumanFeedback)
+    example = task.load().train[0]
+    with pytest.raises(NotImplementedError, match="judges only on the device's page"):
+        provider.check(example, example.gold)
+    with pytest.raises(ValueError, match="needs the device's folder"):
+        with provider.judged(None, [], RoundContext(1, 2, 0, 42, None)):
+            pass

@@ -15,6 +15,7 @@ import json
 import math
 import operator
 import os
+import string
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -39,6 +40,7 @@ __all__ = [
     "LoraConfig",
     "ModelConfig",
     "OptimConfig",
+    "QAConfig",
     "RLTFSDConfig",
     "SpearConfig",
     "config_from_dict",
@@ -155,6 +157,78 @@ class DataConfig(_Section, section="data"):
     skip_bad_rows: bool = False
     num_train_examples: int = _f(2000, ge=1)  # size of procedurally generated tasks
     num_eval_examples: int = _f(240, ge=1)
+
+
+QA_PLACEHOLDERS = ("question", "options")
+"""What ``qa.prompt`` may name in braces."""
+
+
+@dataclass
+class QAConfig(_Section, section="qa"):
+    """How ``data.dataset: qa`` reads a row of your own file (:mod:`spearfl.tasks.qa`).
+
+    A section of its own rather than keys under ``data``: the mapping is only read by that task,
+    and a flat section keeps ``--set qa.answer=...`` and the unknown-key messages working.
+    """
+
+    question: str = _f("question", nonempty=True)  # field holding the question text
+    answer: str = _f("answer", nonempty=True)  # field holding the gold answer
+    options: str | None = None  # field with a list of option texts or a {"A": text, ...} map
+    rule: Literal["exact", "choice", "number", "regex"] = "exact"
+    tolerance: float = _f(1e-6, ge=0)  # rule number: |declared - gold| <= tolerance
+    # where the oracle's hint comes from: none, a field of the row, or the answer's opening
+    hint: Literal["none", "field", "words", "chars"] = "none"
+    hint_field: str | None = None  # hint: field
+    hint_length: int = _f(3, ge=1)  # hint: words / chars (always fewer than the answer has)
+    prompt: str = "{question}\n\n{options}"  # {options}: one "A. text" line per option
+    marker: str = _f("Answer:", nonempty=True)  # what introduces the final answer
+    instruction: str = ""  # how to answer, after the prompt; "": written from rule and marker
+    label: str | None = None  # field the Dirichlet partition splits on (default: see the task)
+    id: str | None = None  # field holding a row's id (default: <file name>:<row>)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        try:
+            named = {name for _, name, _, _ in string.Formatter().parse(self.prompt) if name}
+        except ValueError as exc:
+            raise ConfigError(f"qa.prompt is not a valid template: {exc}", "qa.prompt") from None
+        unknown = sorted(named - set(QA_PLACEHOLDERS))
+        if unknown:
+            raise ConfigError(
+                f"qa.prompt names {{{unknown[0]}}}; it may name only "
+                + ", ".join(f"{{{p}}}" for p in QA_PLACEHOLDERS),
+                "qa.prompt",
+            )
+        if "question" not in named:
+            raise ConfigError("qa.prompt must contain {question}", "qa.prompt")
+        if self.options is not None and "options" not in named:
+            raise ConfigError(
+                f"qa.prompt must contain {{options}}: qa.options is {self.options!r}", "qa.prompt"
+            )
+        if self.rule == "choice" and self.options is None:
+            raise ConfigError(
+                "qa.rule 'choice' needs qa.options (the field of the options)", "qa.rule"
+            )
+        if self.hint == "field" and not self.hint_field:
+            raise ConfigError("qa.hint 'field' needs qa.hint_field (the field to quote)", "qa.hint")
+        if self.hint != "field" and self.hint_field is not None:
+            raise ConfigError(
+                f"qa.hint_field = {self.hint_field!r} would have no effect: qa.hint is "
+                f"{self.hint!r}; set qa.hint: field or remove it",
+                "qa.hint_field",
+            )
+        if self.rule == "regex" and self.hint in ("words", "chars"):
+            raise ConfigError(
+                f"qa.hint {self.hint!r} quotes the answer's opening, but with qa.rule 'regex' "
+                "the answer is a pattern; use qa.hint: field or none",
+                "qa.hint",
+            )
+        if self.rule != "number" and self.tolerance != 1e-6:
+            raise ConfigError(
+                f"qa.tolerance = {self.tolerance!r} would have no effect: qa.rule is "
+                f"{self.rule!r}; leave it at 1e-06 or remove it",
+                "qa.tolerance",
+            )
 
 
 @dataclass
@@ -341,6 +415,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    qa: QAConfig = field(default_factory=QAConfig)
     fl: FLConfig = field(default_factory=FLConfig)
     gen: GenConfig = field(default_factory=GenConfig)
     spear: SpearConfig = field(default_factory=SpearConfig)
@@ -548,18 +623,21 @@ def config_from_json(text: str) -> Config:
 
 
 def _override_value(key: str, text: str) -> Any:
-    """Parse a --set value with YAML; a str-typed key keeps the raw text (e.g. '2024')."""
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(
-            f"cannot parse value of {key}: {exc}", key, f"--set {key}={text}"
-        ) from None
+    """Parse a --set value with YAML; a str-typed key keeps the raw text (e.g. '2024', or a
+    prompt template such as 'Q: {question}' that YAML would read as a mapping or reject)."""
     section, _, name = key.rpartition(".")
     owner = _SECTIONS.get(section, Config) if section else Config
     hint = _hints(owner).get(name)
     if typing.get_origin(hint) in (Union, types.UnionType):
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        if hint is str:
+            return text.strip()
+        raise ConfigError(
+            f"cannot parse value of {key}: {exc}", key, f"--set {key}={text}"
+        ) from None
     if value is not None and not isinstance(value, str) and hint is str:
         return text.strip()
     return value

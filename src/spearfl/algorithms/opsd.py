@@ -31,7 +31,7 @@ from spearfl.algorithms.scoring import (
     forward_passes,
     vocab_size,
 )
-from spearfl.algorithms.training import round_lr, run_local_steps, sample_batch
+from spearfl.algorithms.training import round_lr, run_local_steps, sample_batch, training_mode
 from spearfl.tasks.base import PLAIN, Example, Message
 
 REFERENCE_LABEL = "Reference:"
@@ -150,9 +150,8 @@ class OPSDUpdate(ClientAlgorithm):
         started = time.perf_counter()
         teacher_prompts = [self.teacher_prompt(t.example) for t in traces]
         step = self.micro_step_fn(traces, teacher_prompts, global_adapter, ctx.rng("batches"))
-        policy.model.train()
-        stats = run_local_steps(policy.trainable(), lr=lr, cfg=self.cfg, micro_step=step)
-        policy.model.eval()
+        with training_mode(policy.model):
+            stats = run_local_steps(policy.trainable(), lr=lr, cfg=self.cfg, micro_step=step)
         metrics.update(
             mean_loss=sum(stats.losses) / len(stats.losses) if stats.losses else 0.0,
             steps=stats.steps,

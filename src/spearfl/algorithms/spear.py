@@ -22,7 +22,13 @@ from spearfl.algorithms.scoring import (
     forward_passes,
     vocab_size,
 )
-from spearfl.algorithms.training import ema_blend, round_lr, run_local_steps, sample_batch
+from spearfl.algorithms.training import (
+    ema_blend,
+    round_lr,
+    run_local_steps,
+    sample_batch,
+    training_mode,
+)
 from spearfl.tasks.base import Example
 
 
@@ -51,8 +57,7 @@ class SpearUpdate(ClientAlgorithm):
 
     # ------------------------------------------------------------------ phase 1
     def rollout(self, examples: Sequence[Example], ctx: RoundContext) -> RolloutResult:
-        if self.cfg.feedback.provider == "human":
-            return self.human_rollout(examples, ctx)
+        """Self-play against a live provider: answer, ask, revise the wrong ones (SPEC §3)."""
         chosen = sample_prompts(examples, self.cfg.fl.local_rollout_steps, ctx.rng("prompts"))
         fb = self.cfg.feedback
         return self_play_rollout(
@@ -64,31 +69,6 @@ class SpearUpdate(ClientAlgorithm):
             revise=fb.provider != "none",
             hints=fb.hints,
         )
-
-    def human_rollout(self, examples: Sequence[Example], ctx: RoundContext) -> RolloutResult:
-        """What people judged on the device's page since the last round (feedback/human.py)."""
-        from spearfl.feedback.human import human_rollout
-        from spearfl.feedback.store import FeedbackStore
-
-        if ctx.device_dir is None:
-            raise ValueError("feedback.provider 'human' needs the device's folder (device-dir)")
-        self._store = FeedbackStore.for_device(ctx.device_dir)
-        found = human_rollout(self.policy, self._store, {ex.uid: ex for ex in examples})
-        self._used_ids = found.used_ids
-        return found.result
-
-    def after_training(self, ctx: RoundContext) -> None:
-        """Interactions a round trained on are not used again."""
-        store = getattr(self, "_store", None)
-        if store is not None:
-            store.mark_used(self._used_ids, ctx.round_num)
-        self.release_store()
-
-    def release_store(self) -> None:
-        store = getattr(self, "_store", None)
-        if store is not None:
-            store.close()
-            self._store = None
 
     # ------------------------------------------------------------------ phase 2
     def loss_flags(self, trace: Trace) -> list[bool]:
@@ -165,9 +145,25 @@ class SpearUpdate(ClientAlgorithm):
         examples: Sequence[Example],
         ctx: RoundContext,
     ) -> ClientUpdateResult:
+        self.policy.set_adapter(global_adapter)
+        # A provider that judged before the round (people on the device's page) hands over its
+        # traces and keeps its store open only for this block; a live one is asked in rollout.
+        with self.provider.judged(self.policy, examples, ctx) as judged:
+            rollout = judged.result if judged else self.rollout(examples, ctx)
+            result = self.train_on(rollout, global_adapter, ctx, judged_before=bool(judged))
+            if judged and result.metrics["trained"]:
+                judged.mark_used()  # interactions a round trained on are not used again
+            return result
+
+    def train_on(
+        self,
+        rollout: RolloutResult,
+        global_adapter: dict[str, torch.Tensor],
+        ctx: RoundContext,
+        judged_before: bool,
+    ) -> ClientUpdateResult:
+        """Phase 2 on the round's wins and losses (SPEC §3 steps 8-10)."""
         policy = self.policy
-        policy.set_adapter(global_adapter)
-        rollout = self.rollout(examples, ctx)
         metrics = dict(rollout.stats)
         n = max(1, metrics["num_rollouts"])
         metrics["y0_accuracy"] = metrics["y0_correct"] / n
@@ -188,9 +184,7 @@ class SpearUpdate(ClientAlgorithm):
             )
             # A device's judged answers wait for a round with a win, and until then the device
             # must not pull the average towards the adapter it received: weight 0.
-            human = self.cfg.feedback.provider == "human"
-            weight = 0.0 if human else float(metrics["num_rollouts"])
-            self.release_store()
+            weight = 0.0 if judged_before else float(metrics["num_rollouts"])
             return ClientUpdateResult(global_adapter, weight, metrics)
 
         losses = cap_losses(
@@ -202,11 +196,9 @@ class SpearUpdate(ClientAlgorithm):
         step = self.micro_step_fn(
             wins, losses, loss_flags, global_adapter, ctx.rng("batches"), parts
         )
-        policy.model.train()
-        stats = run_local_steps(policy.trainable(), lr=lr, cfg=self.cfg, micro_step=step)
-        policy.model.eval()
+        with training_mode(policy.model):
+            stats = run_local_steps(policy.trainable(), lr=lr, cfg=self.cfg, micro_step=step)
         adapter = ema_blend(policy.get_adapter(), global_adapter, self.cfg.spear.ema_decay)
-        self.after_training(ctx)
         metrics.update(
             wins=len(wins),
             losses=len(losses),

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -15,6 +16,18 @@ from spearfl.config import Config
 def round_lr(cfg: Config, round_num: int, total_rounds: int) -> float:
     o = cfg.optim
     return lr_for_round(round_num, total_rounds, o.lr, o.lr_min, o.warmup_ratio, o.use_warmup)
+
+
+@contextmanager
+def training_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Train mode (dropout on) for the block, then the mode the model had before, even when the
+    block raises: a failed round must not leave the next generation sampling with dropout."""
+    was_training = model.training
+    model.train()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 @dataclass

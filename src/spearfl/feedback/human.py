@@ -8,16 +8,21 @@ device's page since the last round into SPEAR's wins and losses (the issue's rul
   that revision, paired with the *original* prompt, is a win), 0.5 otherwise.
 
 Nothing is generated here: the person already saw the answers, and the traces are the exact
-texts they judged, re-tokenised.
+texts they judged, re-tokenised. :class:`HumanFeedback` is the provider: its
+:meth:`~HumanFeedback.judged` opens the device's store for one round and closes it on every
+path, including a round whose training raises.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+from spearfl.algorithms.base import RoundContext
 from spearfl.algorithms.rollout import CONFIDENCE_FIXED, CONFIDENCE_UNFIXED, RolloutResult, Trace
+from spearfl.feedback.base import Feedback, FeedbackProvider, JudgedRound
 from spearfl.feedback.store import FeedbackStore, Interaction
 from spearfl.models.policy import Policy
 from spearfl.tasks.base import Example
@@ -85,3 +90,34 @@ def human_rollout(
         "rollout_seconds": time.perf_counter() - start,
     }
     return HumanRollout(result, used)
+
+
+class HumanFeedback(FeedbackProvider):
+    """People judge on the device's page (``spearfl serve``); a round trains on what they said.
+
+    There is no one to ask during the round, so :meth:`check` and :meth:`feedback` refuse: only
+    algorithms that learn from stored verdicts (``config.HUMAN_ALGORITHMS``) take this provider.
+    """
+
+    def check(self, example: Example, completion: str) -> bool:
+        raise NotImplementedError(
+            "feedback.provider 'human' judges only on the device's page, not during a round"
+        )
+
+    def feedback(self, example: Example, completion: str) -> Feedback:
+        return Feedback(correct=self.check(example, completion))
+
+    @contextmanager
+    def judged(
+        self, policy: Policy, examples: Sequence[Example], ctx: RoundContext
+    ) -> Iterator[JudgedRound]:
+        """Every judged, unused interaction of the device's inbox; the store closes when the
+        round ends, however it ends, and nothing is marked used unless ``mark_used`` ran."""
+        if ctx.device_dir is None:
+            raise ValueError("feedback.provider 'human' needs the device's folder (device-dir)")
+        store = FeedbackStore.for_device(ctx.device_dir)
+        try:
+            found = human_rollout(policy, store, {ex.uid: ex for ex in examples})
+            yield JudgedRound(found.result, lambda: store.mark_used(found.used_ids, ctx.round_num))
+        finally:
+            store.close()

@@ -8,7 +8,8 @@ settings (``data.path``, ``split``, ``eval_split``, ``eval_fraction``,
 also get ``feedback.mc_hint_style`` and ``feedback.mc_hint_words``. One rule differs:
 MATH-MCQA's hint fallback uses ``max(feedback.mc_hint_words, 10)`` words, so a config written
 for ARC (3 words) still gets the paper's 10 there, and a larger value still wins
-(:func:`task_notes` says so; a run prints it once).
+(:func:`task_notes` says so; a run prints it once). ``qa`` reads your own rows through the
+``qa`` section's mapping (:mod:`spearfl.tasks.qa`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from spearfl.config import Config, FeedbackConfig
+from spearfl.config import Config, FeedbackConfig, QAConfig
 from spearfl.feedback.base import FeedbackProvider
 from spearfl.feedback.oracle import OracleFeedback
 from spearfl.hub import hub_caches
@@ -26,6 +27,7 @@ from spearfl.tasks.embedded import EmbeddedCategoryTask
 from spearfl.tasks.hellaswag import HellaSwagTask
 from spearfl.tasks.math_mcqa import DEFAULT_HINT_WORDS as MATH_HINT_WORDS
 from spearfl.tasks.math_mcqa import MathMCQATask
+from spearfl.tasks.qa import QATask
 from spearfl.tasks.strategyqa import StrategyQATask
 
 
@@ -84,6 +86,13 @@ def _math_mcqa(cfg: Config) -> Task:
     return MathMCQATask(**_dataset_kwargs(cfg), hint_style=f.mc_hint_style, hint_words=words)
 
 
+def _qa(cfg: Config) -> Task:
+    # Your own rows: the qa section maps their fields; there is no Hub copy to fall back on.
+    kwargs = _dataset_kwargs(cfg)
+    kwargs.pop("config_name", None)
+    return QATask(**kwargs, spec=cfg.qa)
+
+
 TASKS: dict[str, Callable[[Config], Task]] = {
     "embedded": _embedded,
     "arc_challenge": _arc,
@@ -95,6 +104,7 @@ TASKS: dict[str, Callable[[Config], Task]] = {
     "ChilleD/StrategyQA": _strategyqa,
     "math_mcqa": _math_mcqa,
     "stellaathena/math_mcqa": _math_mcqa,
+    "qa": _qa,
 }
 
 
@@ -104,6 +114,7 @@ _PAPER_NAME = {
     _hellaswag: "hellaswag",
     _math_mcqa: "math_mcqa",
     _strategyqa: "strategy_qa",
+    _qa: "qa",
 }
 
 
@@ -139,7 +150,11 @@ def task_notes(cfg: Config) -> list[str]:
             f"math_mcqa: the hint's fallback quotes {MATH_HINT_WORDS} words of the correct option "
             f"(max(feedback.mc_hint_words = {f.mc_hint_words}, {MATH_HINT_WORDS}), as the paper)"
         )
-    if name in ("strategy_qa", "embedded"):
+    if name != "qa" and cfg.qa != QAConfig():
+        notes.append(
+            f"the qa section has no effect on {cfg.data.dataset} (only data.dataset qa reads it)"
+        )
+    if name in ("strategy_qa", "embedded", "qa"):
         defaults = FeedbackConfig()
         for key in ("mc_hint_words", "mc_hint_style"):
             if getattr(f, key) != getattr(defaults, key):
@@ -151,5 +166,10 @@ def task_notes(cfg: Config) -> list[str]:
 
 
 def build_feedback(cfg: Config, task: Task) -> FeedbackProvider:
-    """The oracle decides correctness for both settings; ``none`` only turns revisions off."""
+    """``human``: what people judged on the device's page. Otherwise the oracle decides
+    correctness; ``none`` only turns revisions off."""
+    if cfg.feedback.provider == "human":
+        from spearfl.feedback.human import HumanFeedback  # imported lazily: it needs torch
+
+        return HumanFeedback()
     return OracleFeedback(task)
