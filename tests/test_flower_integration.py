@@ -57,7 +57,6 @@ def test_flower_simulation_end_to_end(tiny_model_dir, tmp_path):
     assert summary["rounds_completed"] == 2
     saved = json.loads((run_dir / "summary.json").read_text())
     assert saved["rounds_completed"] == 2
-    for key in ("initial_accuracy", "final_accuracy"):
     assert saved["initial_accuracy"] == history[0]["eval"]["accuracy"]
     assert saved["final_accuracy"] == history[2]["eval"]["accuracy"]
     assert (run_dir / "curves.png").stat().st_size > 0
@@ -75,11 +74,11 @@ def test_flower_simulation_end_to_end(tiny_model_dir, tmp_path):
     final = _adapter_tensors(final_dir)
     assert initial.keys() == final.keys() and initial
     same = all(torch.equal(initial[k], final[k]) for k in initial)
-    if total_wins == 0:
-        assert same
-        assert all(m["trained"] == 0 for e in history[1:] for m in e["client_metrics"].values())
-    else:
-        assert not same
+    # The tiny random model answers nothing right in these rounds (the next test trains on
+    # wins), so every client skipped training and the global adapter stayed where it was.
+    assert total_wins == 0
+    assert same
+    assert all(m["trained"] == 0 for e in history[1:] for m in e["client_metrics"].values())
 
 
 def test_in_process_spear_update_trains_on_wins(tiny_model_dir, tmp_path):
