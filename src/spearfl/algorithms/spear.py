@@ -63,6 +63,7 @@ class SpearUpdate(ClientAlgorithm):
             self.cfg.gen,
             revise=fb.provider != "none",
             hints=fb.hints,
+            skip_bad_rows=self.cfg.data.skip_bad_rows,
         )
 
     def human_rollout(self, examples: Sequence[Example], ctx: RoundContext) -> RolloutResult:
