@@ -13,7 +13,7 @@ import torch
 
 from spearfl.config import load_config
 from spearfl.evaluation.evaluator import Evaluator, option_loglik
-from spearfl.models.generation import PrefixRunner
+from spearfl.models.generation import STOP_CHECK_EVERY, PrefixRunner
 from spearfl.models.policy import Policy
 from spearfl.models.prompts import plain_text
 from spearfl.tasks.arc import ArcChallengeTask
@@ -189,7 +189,9 @@ def test_generative_evaluation_stops_after_the_answer_or_at_eos(paper_policy):
         "Let me think",  # EOS: nothing after it is generated, no answer declared
     ]
     # The longest row stopped at its "." (the batch ends with it): the tail was never decoded.
-    assert steps == len(words(penguins)) - 1
+    # The answer check runs every STOP_CHECK_EVERY steps, so at most that many - 1 steps more.
+    ends = len(words(penguins)) - 1
+    assert ends <= steps <= ends + STOP_CHECK_EVERY - 1 < ends + len(tail)
     assert result["accuracy"] == round(2 / 3, 4) and result["valid_rate"] == round(2 / 3, 4)
     assert result["correct"] == [1, 1, 0]  # yes = yes, no = no, no answer declared
 

@@ -226,7 +226,7 @@ def test_grpo_micro_batches_give_the_same_gradient(tiny_model_dir, parity):
         state = RoundState(
             examples=examples,
             reference=reference,
-            generator=Generator(policy, sampling_settings(cfg.gen)),
+            generator=Generator(policy, sampling_settings(cfg.gen), task),
             rng=random.Random(0),
             accum=1,
             micro_index=1,  # past the first step: the reference swap runs

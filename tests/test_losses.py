@@ -256,7 +256,7 @@ class _CharTokenizer:
         return "".join(self.VOCAB[i] for i in ids if not (skip_special_tokens and i == 0))
 
 
-def test_token_char_spans_by_growing_prefixes():
+def test_token_char_spans_of_a_tokenizer_without_byte_pieces():
     spans = token_char_spans(_CharTokenizer(), [1, 2, 3, 4, 5])
     assert spans == [(0, 2), (2, 6), (6, 7), (7, 9), (9, 11)]
 

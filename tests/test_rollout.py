@@ -49,6 +49,9 @@ class ScriptedPolicy:
     An answer is a string (the model ended it with EOS) or ``(text, False)`` (hit the limit).
     """
 
+    tokenizer = None  # the embedded task has no answer marker: no stop rule needs it
+    max_seq_len = 100_000
+
     def __init__(self, script: dict[str, list]) -> None:
         self.script = script
         self.attempts: Counter[str] = Counter()
@@ -60,7 +63,15 @@ class ScriptedPolicy:
         return list(_ids(text))
 
     def generate(
-        self, prompts, *, max_new_tokens, do_sample, temperature=1.0, top_p=1.0, batch_size=16
+        self,
+        prompts,
+        *,
+        max_new_tokens,
+        do_sample,
+        temperature=1.0,
+        top_p=1.0,
+        batch_size=16,
+        stop_when=None,
     ):
         self.calls.append(
             {

@@ -51,6 +51,7 @@ class AlwaysWrongPolicy:
     tokenizer = CharTokenizer()
     eos_id = 1
     device = CPU
+    max_seq_len = 100_000
 
     def __init__(self) -> None:
         self.received: list[dict] = []
@@ -72,9 +73,7 @@ class AlwaysWrongPolicy:
     def encode(self, messages, assistant_prefix=""):
         return [ord(c) for c in messages[-1]["content"] + assistant_prefix]
 
-    def generate(
-        self, prompts, *, max_new_tokens, do_sample, temperature=1.0, top_p=1.0, batch_size=16
-    ):
+    def generate(self, prompts, *, max_new_tokens, do_sample, stop_when=None, **sampling):
         self.generated[max_new_tokens] += len(prompts)
         return [Completion(tuple(p), (122, 122, 122), "zzz", True) for p in prompts]
 

@@ -49,7 +49,10 @@ class GRPOUpdate(OnlineRLUpdate):
 
         started = time.perf_counter()
         chosen = sample_prompts(state.examples, self.cfg.optim.batch_size, state.rng)
-        prompts = [p for p in self.encode_prompts(chosen) for _ in range(group)]
+        chosen, fitting = self.fitting_prompts(state, chosen)
+        if not chosen:
+            return 0.0
+        prompts = [p for p in fitting for _ in range(group)]
         outs = state.generator(prompts, self.cfg.gen.max_new_tokens_y0)
         correct = [self.provider.check(chosen[i // group], o.text) for i, o in enumerate(outs)]
         rewards = grpo_rewards(correct, cfg.reward_scale, cfg.reward_clip)

@@ -119,8 +119,10 @@ class OPSDUpdate(ClientAlgorithm):
         policy.set_adapter(global_adapter)
         started = time.perf_counter()
         chosen = sample_prompts(examples, self.cfg.fl.local_rollout_steps, ctx.rng("prompts"))
-        generator = Generator(policy, self.cfg.gen)
+        generator = Generator(policy, self.cfg.gen, task, self.cfg.data.skip_bad_rows)
         prompts = [policy.encode(task.messages(ex), task.assistant_prefix(ex)) for ex in chosen]
+        kept = generator.fit(prompts, chosen)
+        chosen, prompts = [chosen[i] for i in kept], [prompts[i] for i in kept]
         outs = generator(prompts, self.cfg.gen.max_new_tokens_y0)
         correct = [self.provider.check(ex, out.text) for ex, out in zip(chosen, outs)]
         # The KL covers the tokens the student wrote; its stop decision only with distill_eos.
@@ -140,6 +142,7 @@ class OPSDUpdate(ClientAlgorithm):
             "losses": n - sum(correct),
             "tokens_generated": generator.tokens,
             "completions_generated": generator.completions,
+            "skipped_prompts": generator.skipped_prompts,
             "rollout_seconds": time.perf_counter() - started,
             "lr": lr,
         }

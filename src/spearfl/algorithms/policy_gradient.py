@@ -252,7 +252,9 @@ class OnlineRLUpdate(ClientAlgorithm):
         state = RoundState(
             examples=examples,
             reference=global_adapter,
-            generator=Generator(policy, sampling_settings(self.cfg.gen)),
+            generator=Generator(
+                policy, sampling_settings(self.cfg.gen), self.task, self.cfg.data.skip_bad_rows
+            ),
             rng=ctx.rng("prompts"),
             accum=self.cfg.optim.grad_accum_steps,
         )
@@ -275,6 +277,7 @@ class OnlineRLUpdate(ClientAlgorithm):
             "num_rollouts": float(c["num_rollouts"]),
             "tokens_generated": float(state.generator.tokens),
             "completions_generated": float(state.generator.completions),
+            "skipped_prompts": float(state.generator.skipped_prompts),
             "rollout_seconds": state.rollout_seconds,
             "train_seconds": time.perf_counter() - start - state.rollout_seconds,
             "mean_reward": c["reward_sum"] / samples,
@@ -296,6 +299,15 @@ class OnlineRLUpdate(ClientAlgorithm):
     def encode_prompts(self, examples: Sequence[Example]) -> list[list[int]]:
         task = self.task
         return [self.policy.encode(task.messages(ex), task.assistant_prefix(ex)) for ex in examples]
+
+    def fitting_prompts(
+        self, state: RoundState, examples: Sequence[Example]
+    ) -> tuple[list[Example], list[list[int]]]:
+        """The examples whose question prompt leaves room to answer, and those prompts (an
+        over-long one is an error, or skipped and counted with ``data.skip_bad_rows``)."""
+        prompts = self.encode_prompts(examples)
+        kept = state.generator.fit(prompts, examples)
+        return [examples[i] for i in kept], [prompts[i] for i in kept]
 
     def backward_rows(
         self,

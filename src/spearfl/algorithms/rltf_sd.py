@@ -244,9 +244,11 @@ class RLTFSDUpdate(OnlineRLUpdate):
 
         started = time.perf_counter()
         count = rollout_prompt_count(self.cfg.fl.local_rollout_steps, n, len(state.examples))
-        chosen = sample_prompts(state.examples, count, state.rng)
+        drawn = sample_prompts(state.examples, count, state.rng)
+        chosen, fitting = self.fitting_prompts(state, drawn)
+        count = len(chosen)
         owners = [ex for ex in chosen for _ in range(n)]
-        x0 = [p for p in self.encode_prompts(chosen) for _ in range(n)]
+        x0 = [p for p in fitting for _ in range(n)]
         first = state.generator(x0, gen.max_new_tokens_y0)
         ok0 = [self.provider.check(ex, y.text) for ex, y in zip(owners, first)]
         revise = [i for i, ok in enumerate(ok0) if not (cfg.early_termination and ok)]
@@ -258,6 +260,9 @@ class RLTFSDUpdate(OnlineRLUpdate):
             )
             for i in revise
         ]
+        # A revision prompt too long to answer is not tried: r1 = r0 there.
+        fits = state.generator.fit(x1, [owners[i] for i in revise], "revision")
+        revise, x1 = [revise[k] for k in fits], [x1[k] for k in fits]
         second = state.generator(x1, gen.max_new_tokens_y1)
         ok1_revised = [self.provider.check(owners[i], y.text) for i, y in zip(revise, second)]
         state.rollout_seconds += time.perf_counter() - started

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 from spearfl.config import GenConfig
 from spearfl.feedback.base import FeedbackProvider
-from spearfl.models.generation import Completion
-from spearfl.models.policy import Policy
+from spearfl.models.generation import Completion, answer_stop
+from spearfl.models.policy import Policy, fit_prompts
 from spearfl.tasks.base import Example, Task
 
 CONFIDENCE_FIXED = 1.0
@@ -54,12 +54,40 @@ def sample_prompts(examples: Sequence[Example], count: int, rng: random.Random) 
 
 @dataclass
 class Generator:
-    """Generation settings bound to a policy, counting every completion and token generated."""
+    """Generation settings bound to a policy and a task, counting every completion and token
+    generated and every prompt left out for being too long.
+
+    Completions stop at EOS, at their own budget (``max_new_tokens`` capped by what
+    ``model.max_seq_len`` leaves after the prompt), or once the task's answer line is complete:
+    the same rule as evaluation (:func:`spearfl.models.generation.answer_stop`).
+    """
 
     policy: Policy
     gen: GenConfig
+    task: Task
+    skip_bad_rows: bool = False
     tokens: int = 0
     completions: int = 0
+    skipped_prompts: int = 0
+
+    def __post_init__(self) -> None:
+        self.stop_when = answer_stop(self.policy.tokenizer, self.task)
+
+    def fit(
+        self, prompts: Sequence[Sequence[int]], examples: Sequence[Example], kind: str = "question"
+    ) -> list[int]:
+        """Indices of the prompts short enough to answer; the others raise an error naming the
+        example, or with ``data.skip_bad_rows`` are counted in ``skipped_prompts``."""
+        kept = fit_prompts(
+            prompts,
+            examples,
+            max_seq_len=self.policy.max_seq_len,
+            task_name=self.task.name,
+            kind=kind,
+            skip=self.skip_bad_rows,
+        )
+        self.skipped_prompts += len(prompts) - len(kept)
+        return kept
 
     def __call__(self, prompts: list[list[int]], max_new_tokens: int) -> list[Completion]:
         if not prompts:
@@ -71,6 +99,7 @@ class Generator:
             temperature=self.gen.temperature,
             top_p=self.gen.top_p,
             batch_size=self.gen.rollout_batch_size,
+            stop_when=self.stop_when,
         )
         self.tokens += sum(o.num_generated for o in outs)
         self.completions += len(outs)
@@ -86,15 +115,21 @@ def self_play_rollout(
     *,
     revise: bool = True,
     hints: bool = True,
+    skip_bad_rows: bool = False,
 ) -> RolloutResult:
     """Answer each prompt once, revise wrong answers with feedback, commit wins and losses.
 
     ``revise=False`` is the no-feedback-provider setting: every wrong answer is a loss with
     confidence 0.5. ``hints=False`` keeps the revisions but tells them only "wrong".
+    A prompt too long for ``model.max_seq_len`` is an error, or with ``skip_bad_rows`` left
+    out and counted (``skipped_prompts``): its question is not answered, its revision or
+    format fix not tried.
     """
     start = time.perf_counter()
-    generator = Generator(policy, gen)
+    generator = Generator(policy, gen, task, skip_bad_rows)
     prompts = [policy.encode(task.messages(ex), task.assistant_prefix(ex)) for ex in examples]
+    kept = generator.fit(prompts, examples)
+    examples, prompts = [examples[i] for i in kept], [prompts[i] for i in kept]
     first = generator(prompts, gen.max_new_tokens_y0)
     result = RolloutResult()
     stats = {
@@ -125,11 +160,14 @@ def self_play_rollout(
         fix_prompts = [
             policy.encode(task.format_fix_messages(examples[i], first[i].text)) for i in needs_fix
         ]
-        fixes = generator(fix_prompts, gen.max_new_tokens_y0)
-        stats["format_fixes_attempted"] = len(needs_fix)
+        fits = generator.fit(fix_prompts, [examples[i] for i in needs_fix], "format-fix")
+        fixes: list[Completion | None] = [None] * len(needs_fix)
+        for k, fix in zip(fits, generator([fix_prompts[k] for k in fits], gen.max_new_tokens_y0)):
+            fixes[k] = fix
+        stats["format_fixes_attempted"] = len(fits)
         for i, fix in zip(needs_fix, fixes):
             chosen = first[i]
-            if provider.check(examples[i], fix.text):
+            if fix is not None and provider.check(examples[i], fix.text):
                 chosen = fix
                 stats["format_fixes_kept"] += 1
             result.wins.append(
@@ -150,6 +188,9 @@ def self_play_rollout(
                 rev_prompts.append(
                     policy.encode(task.revision_messages(ex, current[i], hint or BARE_HINT))
                 )
+            # A revision prompt too long to answer ends that prompt's revisions (a loss).
+            fits = generator.fit(rev_prompts, [examples[i] for i in active], "revision")
+            active, rev_prompts = [active[k] for k in fits], [rev_prompts[k] for k in fits]
             outs = generator(rev_prompts, gen.max_new_tokens_y1)
             stats["revisions_attempted"] += len(active)
             still = []
@@ -178,6 +219,7 @@ def self_play_rollout(
 
     stats["tokens_generated"] = generator.tokens
     stats["completions_generated"] = generator.completions
+    stats["skipped_prompts"] = generator.skipped_prompts
     stats["rollout_seconds"] = time.perf_counter() - start
     result.stats = stats
     return result

@@ -68,6 +68,7 @@ class SpearUpdate(ClientAlgorithm):
             self.cfg.gen,
             revise=fb.provider != "none",
             hints=fb.hints,
+            skip_bad_rows=self.cfg.data.skip_bad_rows,
         )
 
     # ------------------------------------------------------------------ phase 2

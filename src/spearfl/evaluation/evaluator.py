@@ -26,11 +26,12 @@ from transformers import PreTrainedTokenizerBase
 from spearfl.models.generation import (
     PrefillState,
     PrefixRunner,
+    answer_stop,
     decode,
     sample_next,
     stop_token_ids,
 )
-from spearfl.models.policy import Policy
+from spearfl.models.policy import Policy, fit_prompts
 from spearfl.tasks.base import LETTERS, Example, Task
 
 
@@ -124,12 +125,25 @@ class Evaluator:
         *,
         batch_size: int,
         max_new_tokens: int,
+        skip_bad_rows: bool = False,
     ) -> None:
-        self.policy, self.task, self.examples = policy, task, list(examples)
+        self.policy, self.task = policy, task
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
-        self.prompts = [
-            policy.encode(task.messages(e), task.assistant_prefix(e)) for e in self.examples
-        ]
+        prompts = [policy.encode(task.messages(e), task.assistant_prefix(e)) for e in examples]
+        # An eval question too long to answer is an error, or with data.skip_bad_rows left out
+        # of every evaluation (the same ones each time, so records stay paired) and counted.
+        kept = fit_prompts(
+            prompts,
+            examples,
+            max_seq_len=policy.max_seq_len,
+            task_name=task.name,
+            kind="evaluation",
+            skip=skip_bad_rows,
+        )
+        self.examples = [examples[i] for i in kept]
+        self.prompts = [prompts[i] for i in kept]
+        self.skipped_prompts = len(prompts) - len(kept)
+        self.budgets = policy.token_budgets(self.prompts, max_new_tokens)
         self.letter_ids: list[list[int]] = []
         if task.eval_method == "letter_loglik":
             letters = LETTERS[: max((len(e.options) for e in self.examples), default=0)]
@@ -155,6 +169,7 @@ class Evaluator:
             self.policy.model.train(was_training)
         result["method"] = method
         result["n"] = len(self.examples)
+        result["skipped_prompts"] = self.skipped_prompts
         result["seconds"] = round(time.perf_counter() - start, 2)
         return result
 
@@ -165,13 +180,7 @@ class Evaluator:
         stop = stop_token_ids(tok, model)
         pad = tok.pad_token_id
         runner = PrefixRunner(model, self.prompts, pad)
-        stop_when = None
-        if self.task.answer_marker is not None:
-
-            def stop_when(ids: list[int]) -> bool:
-                # Only the last few tokens can complete a declaration just now.
-                return self.task.answer_complete(tok.decode(ids[-12:], skip_special_tokens=True))
-
+        stop_when = answer_stop(tok, self.task)
         texts: list[str] = [""] * len(self.examples)
         scores: list[list[float]] = [[] for _ in self.examples]
         order = sorted(range(len(self.prompts)), key=lambda i: len(self.prompts[i]))
@@ -185,7 +194,7 @@ class Evaluator:
                 new, _ = decode(
                     model,
                     state,
-                    max_new_tokens=self.max_new_tokens,
+                    max_new_tokens=[self.budgets[i] for i in chunk],
                     stop_ids=stop,
                     pad_id=pad,
                     pick=lambda lg: sample_next(lg, False, 1.0, 1.0),

@@ -160,6 +160,7 @@ class FederatedServer:
             data.eval,
             batch_size=self.cfg.gen.eval_batch_size,
             max_new_tokens=self.cfg.gen.eval_max_new_tokens or self.cfg.gen.max_new_tokens_y0,
+            skip_bad_rows=self.cfg.data.skip_bad_rows,
         )
         self.labels = [ex.label for ex in data.train]
         fl = self.cfg.fl

@@ -26,7 +26,8 @@ class Completion:
     """Generated tokens up to (not including) the first end-of-sequence token."""
     text: str
     finished: bool
-    """Whether the model ended the answer itself (EOS) rather than hitting the token limit."""
+    """Whether the model ended the answer itself (EOS), rather than hitting its token budget or
+    being stopped once its answer was declared (``stop_when``)."""
 
     @property
     def num_generated(self) -> int:
@@ -131,63 +132,174 @@ class PrefixRunner:
         return PrefillState(out.cache, mask, positions[:, -1] + 1, out.logits[:, -1])
 
 
+STOP_CHECK_EVERY = 4
+"""Steps between answer-complete checks. The check needs text, hence the tokens on the host;
+between checks the loop never waits for the device. A row found complete is cut back to the
+exact token where it first was, so the result does not depend on this number; at most
+``STOP_CHECK_EVERY - 1`` forward steps are spent past the batch's last answer."""
+
+
+class AnswerStop:
+    """Ends a sequence once the task says its answer is declared (``task.answer_complete``).
+
+    Shared by rollouts and evaluation, so a completion means the same thing in both. Only the
+    last ``window`` tokens are decoded: only they can have completed a declaration just now.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        answer_complete: Callable[[str], bool],
+        window: int = 12,
+    ) -> None:
+        self.tokenizer, self.answer_complete, self.window = tokenizer, answer_complete, window
+
+    def _complete(self, ids: Sequence[int]) -> bool:
+        return self.answer_complete(self.tokenizer.decode(list(ids), skip_special_tokens=True))
+
+    def __call__(self, ids: Sequence[int]) -> bool:
+        """Whether the sequence ``ids`` has just completed its answer."""
+        return self._complete(ids[-self.window :])
+
+    def first_stop(self, ids: Sequence[int], since: int) -> int | None:
+        """The smallest ``n`` in ``(since, len(ids)]`` with ``self(ids[:n])``, else None.
+
+        One decode of everything that could matter rules out most rows at once; only a row
+        whose text does hold a finished answer is scanned token by token.
+        """
+        if len(ids) <= since or not self._complete(ids[max(0, since + 1 - self.window) :]):
+            return None
+        for n in range(since + 1, len(ids) + 1):
+            if self(ids[:n]):
+                return n
+        return None
+
+
+def answer_stop(tokenizer: PreTrainedTokenizerBase, task) -> AnswerStop | None:
+    """The stop rule of ``task`` (None for a task without an answer marker: decode to EOS)."""
+    if getattr(task, "answer_marker", None) is None:
+        return None
+    return AnswerStop(tokenizer, task.answer_complete)
+
+
+def row_budgets(max_new_tokens: int | Sequence[int], rows: int) -> list[int]:
+    """One token budget per row: a single number applies to every row."""
+    if isinstance(max_new_tokens, int):
+        return [max_new_tokens] * rows
+    budgets = [int(n) for n in max_new_tokens]
+    if len(budgets) != rows:
+        raise ValueError(f"{len(budgets)} token budgets for {rows} prompts")
+    return budgets
+
+
 @torch.no_grad()
 def decode(
     model: PreTrainedModel,
     state: PrefillState,
     *,
-    max_new_tokens: int,
+    max_new_tokens: int | Sequence[int],
     stop_ids: set[int],
     pad_id: int,
     pick: Callable[[torch.Tensor], torch.Tensor],
-    stop_when: Callable[[list[int]], bool] | None = None,
+    stop_when: AnswerStop | Callable[[list[int]], bool] | None = None,
+    check_every: int = STOP_CHECK_EVERY,
 ) -> tuple[list[list[int]], list[bool]]:
-    """Continue from a prefill until every sequence stops or hits ``max_new_tokens``.
+    """Continue from a prefill until every sequence stops or hits its token budget.
 
-    ``stop_when(tokens)`` ends a sequence early once what it generated is enough (e.g. it has
-    declared its answer): no tokens are generated that nobody reads.
+    ``max_new_tokens`` is one budget for all rows or one per row. ``stop_when`` ends a
+    sequence early once what it generated is enough (its answer is declared): no tokens are
+    kept that nobody reads. EOS, budgets and the done flags are tensor operations; the tokens
+    go into a preallocated tensor read back once at the end. The only host reads are one flag
+    per step (all rows done?) and, with ``stop_when``, the tokens every ``check_every`` steps.
+    ``stop_when(ids)`` says whether ``ids`` just completed an answer; an :class:`AnswerStop`
+    also rules out many new tokens with one decode (``first_stop``).
     """
     b = state.logits.shape[0]
     device = state.logits.device
-    tokens: list[list[int]] = [[] for _ in range(b)]
-    finished = [False] * b
-    done = torch.zeros(b, dtype=torch.bool, device=device)
+    budget_list = row_budgets(max_new_tokens, b)
+    steps = max(budget_list, default=0)
+    if steps <= 0:
+        return [[] for _ in range(b)], [False] * b
+    budget = torch.tensor(budget_list, device=device)
+    out = torch.full((b, steps), pad_id, dtype=torch.long, device=device)
+    length = torch.zeros(b, dtype=torch.long, device=device)
+    finished = torch.zeros(b, dtype=torch.bool, device=device)
+    done = budget <= 0
     stop = torch.tensor(sorted(stop_ids), device=device)
+    pad = torch.full((b,), pad_id, dtype=torch.long, device=device)
+    # Rows whose answer may still complete, and the tokens of theirs already checked.
+    open_rows = list(range(b)) if stop_when is not None else []
+    checked = [0] * b
+    cut: dict[int, int] = {}
     logits, mask, position, cache = (
         state.logits,
         state.attention_mask,
         state.next_position,
         state.cache,
     )
-    for step in range(max_new_tokens):
-        nxt = pick(logits)
-        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+    for step in range(steps):
+        nxt = torch.where(done, pad, pick(logits))
         is_stop = torch.isin(nxt, stop) & ~done
-        for row, tok in enumerate(nxt.tolist()):
-            if done[row]:
-                continue
-            if is_stop[row]:
-                finished[row] = True
-            else:
-                tokens[row].append(tok)
-        if stop_when is not None:
-            for row in range(b):
-                if not done[row] and not is_stop[row] and stop_when(tokens[row]):
-                    is_stop[row] = True
-        done = done | is_stop
-        if bool(done.all()) or step == max_new_tokens - 1:
+        keep = ~done & ~is_stop
+        out[:, step] = torch.where(keep, nxt, pad)
+        length += keep.long()
+        finished |= is_stop
+        done = done | is_stop | (step + 1 >= budget)
+        last, all_done = step == steps - 1, bool(done.all())
+        if open_rows and ((step + 1) % check_every == 0 or last or all_done):
+            open_rows = _answer_check(stop_when, out, length, done, open_rows, checked, cut)
+            if cut:
+                done[torch.tensor(sorted(cut), device=device)] = True
+                all_done = bool(done.all())
+        if last or all_done:
             break
         mask = torch.cat([mask, (~done).long().unsqueeze(1)], dim=1)
-        out = model(
+        step_out = model(
             input_ids=nxt.unsqueeze(1),
             attention_mask=mask,
             position_ids=position.unsqueeze(1),
             cache=cache,
             use_cache=True,
         )
-        cache, logits = out.cache, out.logits[:, -1]
+        cache, logits = step_out.cache, step_out.logits[:, -1]
         position = position + 1
-    return tokens, finished
+    lengths, ended = length.tolist(), finished.tolist()
+    for row, n in cut.items():
+        lengths[row], ended[row] = n, False
+    rows = out.tolist()
+    return [rows[r][: lengths[r]] for r in range(b)], ended
+
+
+def _first_stop(stop_when, ids: list[int], since: int) -> int | None:
+    """The first length in ``(since, len(ids)]`` at which ``stop_when`` fires, else None."""
+    if isinstance(stop_when, AnswerStop):
+        return stop_when.first_stop(ids, since)
+    return next((n for n in range(since + 1, len(ids) + 1) if stop_when(ids[:n])), None)
+
+
+def _answer_check(
+    stop_when,
+    out: torch.Tensor,
+    length: torch.Tensor,
+    done: torch.Tensor,
+    open_rows: list[int],
+    checked: list[int],
+    cut: dict[int, int],
+) -> list[int]:
+    """Record in ``cut`` the rows that completed their answer since the last check (at the
+    first token where they did) and return the rows still open."""
+    tokens = out[open_rows].tolist()
+    lengths = length[open_rows].tolist()
+    was_done = done[open_rows].tolist()
+    still = []
+    for row, ids, n, over in zip(open_rows, tokens, lengths, was_done):
+        at = _first_stop(stop_when, ids[:n], checked[row])
+        checked[row] = n
+        if at is not None:
+            cut[row] = at
+        elif not over:
+            still.append(row)
+    return still
 
 
 @torch.no_grad()
@@ -196,13 +308,19 @@ def generate(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[Sequence[int]],
     *,
-    max_new_tokens: int,
+    max_new_tokens: int | Sequence[int],
     do_sample: bool,
     temperature: float = 1.0,
     top_p: float = 1.0,
     batch_size: int = 16,
+    stop_when: AnswerStop | None = None,
 ) -> list[Completion]:
-    """Generate one completion per prompt (token ids in, token ids and text out)."""
+    """Generate one completion per prompt (token ids in, token ids and text out).
+
+    ``max_new_tokens`` is one budget for every prompt or one per prompt; ``stop_when`` ends a
+    completion once its answer is declared (see :func:`answer_stop`).
+    """
+    budgets = row_budgets(max_new_tokens, len(prompts))
     stop = stop_token_ids(tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop)
     was_training = model.training
@@ -217,10 +335,11 @@ def generate(
         new, finished = decode(
             model,
             state,
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=[budgets[i] for i in chunk],
             stop_ids=stop,
             pad_id=pad_id,
             pick=lambda logits: sample_next(logits, do_sample, temperature, top_p),
+            stop_when=stop_when,
         )
         for row, idx in enumerate(chunk):
             results[idx] = Completion(

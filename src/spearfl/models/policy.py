@@ -16,10 +16,57 @@ from transformers import PreTrainedTokenizerBase
 from spearfl.config import Config
 from spearfl.hub import hub_caches
 from spearfl.models.adapter import attach_lora, get_adapter_state, set_adapter_state
-from spearfl.models.generation import Completion, generate
+from spearfl.models.generation import AnswerStop, Completion, generate
 from spearfl.models.loading import load_base_model
 from spearfl.models.prompts import PromptFormatter
-from spearfl.tasks.base import Message
+from spearfl.tasks.base import Example, Message
+
+SKIP_PROMPT_ADVICE = (
+    "raise model.max_seq_len, or set data.skip_bad_rows: true to skip such prompts and count "
+    "them (metric skipped_prompts)"
+)
+
+
+class PromptTooLongError(ValueError):
+    """A prompt that leaves no room for a single new token within ``model.max_seq_len``.
+
+    Cutting it would drop the chat header or the instructions (its start) or the answer slot
+    (its end), and a 1-token answer is no answer: the example is named instead."""
+
+
+def describe_example(task_name: str, example: Example) -> str:
+    """``task 'strategyqa', example 'abc' (train.jsonl, row 12)``: enough to find the row."""
+    where = ""
+    if "source" in example.meta and "row" in example.meta:
+        where = f" ({example.meta['source']}, row {example.meta['row']})"
+    return f"task {task_name!r}, example {example.uid!r}{where}"
+
+
+def fit_prompts(
+    prompts: Sequence[Sequence[int]],
+    examples: Sequence[Example],
+    *,
+    max_seq_len: int,
+    task_name: str,
+    kind: str,
+    skip: bool,
+) -> list[int]:
+    """Indices of the prompts that leave room for at least one new token.
+
+    A prompt that does not raises :class:`PromptTooLongError` naming its example, or with
+    ``skip`` (``data.skip_bad_rows``) is left out; the caller counts what was left out.
+    """
+    kept = []
+    for i, (prompt, example) in enumerate(zip(prompts, examples, strict=True)):
+        if len(prompt) < max_seq_len:
+            kept.append(i)
+        elif not skip:
+            raise PromptTooLongError(
+                f"{describe_example(task_name, example)}: its {kind} prompt has {len(prompt)} "
+                f"tokens, model.max_seq_len = {max_seq_len} leaves no room for an answer; "
+                + SKIP_PROMPT_ADVICE
+            )
+    return kept
 
 
 @dataclass
@@ -76,9 +123,20 @@ class Policy:
         return int(self.tokenizer.eos_token_id)
 
     def encode(self, messages: list[Message], assistant_prefix: str = "") -> list[int]:
-        ids = self.formatter.encode(self.formatter.render(messages, assistant_prefix))
-        # Keep the end of an over-long prompt: the question and the answer slot are there.
-        return ids[-self.max_seq_len :]
+        """The prompt's token ids, whole: an over-long one is refused where it is generated
+        from (:func:`fit_prompts`), never cut."""
+        return self.formatter.encode(self.formatter.render(messages, assistant_prefix))
+
+    def token_budgets(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[int]:
+        """Each prompt's budget: ``max_new_tokens``, capped by what ``max_seq_len`` leaves."""
+        budgets = [min(max_new_tokens, self.max_seq_len - len(p)) for p in prompts]
+        for row, (prompt, budget) in enumerate(zip(prompts, budgets)):
+            if budget < 1:
+                raise PromptTooLongError(
+                    f"prompt {row} has {len(prompt)} tokens, model.max_seq_len = "
+                    f"{self.max_seq_len} leaves no room for an answer; {SKIP_PROMPT_ADVICE}"
+                )
+        return budgets
 
     def generate(
         self,
@@ -89,13 +147,16 @@ class Policy:
         temperature: float = 1.0,
         top_p: float = 1.0,
         batch_size: int = 16,
+        stop_when: AnswerStop | None = None,
     ) -> list[Completion]:
-        room = max(1, min(max_new_tokens, self.max_seq_len - max(len(p) for p in prompts)))
+        """One completion per prompt, each within its own budget (:meth:`token_budgets`),
+        ending at EOS or, with ``stop_when``, once its answer is declared."""
         return generate(
             self.model,
             self.tokenizer,
             prompts,
-            max_new_tokens=room,
+            max_new_tokens=self.token_budgets(prompts, max_new_tokens),
+            stop_when=stop_when,
             do_sample=do_sample,
             temperature=temperature,
             top_p=top_p,
