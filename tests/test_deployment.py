@@ -75,13 +75,17 @@ def _check_run_dir(run_dir: Path, rounds: int) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_two_rounds_on_a_superlink_and_three_supernodes(tiny_model_dir, tmp_path):
+def test_two_rounds_over_tls_on_a_superlink_and_three_supernodes(tiny_model_dir, tmp_path):
+    """Deployment over TLS (the insecure path is the same code without certificates: the
+    other deployment tests run it) gives what the simulation engine gives."""
     from spearfl.federation.simulation import simulate
     from spearfl.federation.worker import forget_policy
 
+    tls = make_tls_files(tmp_path / "certs")
     cfg_file, run_dir = _deployment_config(tiny_model_dir, tmp_path)
-    with LocalFederation(tmp_path / "federation", num_nodes=3) as fed:
+    with LocalFederation(tmp_path / "federation", num_nodes=3, tls=tls) as fed:
         _run_to_completion(fed, tmp_path, cfg_file, run_dir)
+        assert "https://127.0.0.1" in fed.log("superlink")
     deployed = _check_run_dir(run_dir, 2)
 
     # The simulation engine, same config and seed: the same clients, the same updates.
@@ -96,16 +100,6 @@ def test_two_rounds_on_a_superlink_and_three_supernodes(tiny_model_dir, tmp_path
             assert m["tokens_generated"] == b["client_metrics"][cid]["tokens_generated"]
     want, got = load_checkpoint(sim_dir).adapter, load_checkpoint(run_dir).adapter
     assert all(torch.allclose(want[k], got[k], atol=1e-5) for k in want)
-
-
-@pytest.mark.slow
-def test_two_rounds_over_tls(tiny_model_dir, tmp_path):
-    tls = make_tls_files(tmp_path / "certs")
-    cfg_file, run_dir = _deployment_config(tiny_model_dir, tmp_path)
-    with LocalFederation(tmp_path / "federation", num_nodes=3, tls=tls) as fed:
-        _run_to_completion(fed, tmp_path, cfg_file, run_dir)
-        assert "https://127.0.0.1" in fed.log("superlink")
-    _check_run_dir(run_dir, 2)
 
 
 @pytest.mark.slow
