@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from spearfl.config import load_config
-from spearfl.evaluation.evaluator import Evaluator, option_loglik
+from spearfl.evaluation.evaluator import Evaluator
+from spearfl.evaluation.options import option_loglik
 from spearfl.models.generation import STOP_CHECK_EVERY, PrefixRunner
 from spearfl.models.policy import Policy
 from spearfl.models.prompts import plain_text
@@ -175,7 +176,10 @@ def test_generative_evaluation_stops_after_the_answer_or_at_eos(paper_policy):
         "Roman": words("VII has three characters. Answer: no") + [eos] + tail,
         "cats": words("Let me think") + [eos] + words(" Answer: no.") + tail,
     }
-    evaluator = Evaluator(paper_policy, task, examples, batch_size=3, max_new_tokens=60)
+    # The script rewrites the whole model's prefill, so the evaluation runs the whole model.
+    evaluator = Evaluator(
+        paper_policy, task, examples, batch_size=3, max_new_tokens=60, reuse_frozen_states=False
+    )
     forced = ScriptedDecoding(paper_policy, scripts)
     try:
         texts = evaluator.answers()
@@ -201,7 +205,9 @@ def test_a_reasoning_letter_answer_stops_once_the_letter_is_closed(paper_policy)
     tok = paper_policy.tokenizer
     example = Example("m", "What is $2+3$?", ("$4$", "$5$", "$6$", "$7$"), "B", "B")
     script = tok("2+3=5, so Answer: B) and then more", add_special_tokens=False)["input_ids"]
-    evaluator = Evaluator(paper_policy, task, [example], batch_size=1, max_new_tokens=60)
+    evaluator = Evaluator(
+        paper_policy, task, [example], batch_size=1, max_new_tokens=60, reuse_frozen_states=False
+    )
     forced = ScriptedDecoding(paper_policy, {"2+3": script})
     try:
         [text] = evaluator.answers()

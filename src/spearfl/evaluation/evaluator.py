@@ -15,7 +15,7 @@ reports can pair two runs question by question (:mod:`spearfl.reporting.records`
 
 from __future__ import annotations
 
-import copy
+import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -23,16 +23,25 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from spearfl.evaluation.frozen_states import (
+    FROZEN_STATES_BUDGET,
+    FrozenPromptStates,
+    frozen_states_bytes,
+)
+from spearfl.evaluation.options import option_loglik
 from spearfl.models.generation import (
-    PrefillState,
     PrefixRunner,
     answer_stop,
+    common_prefix_length,
     decode,
     sample_next,
     stop_token_ids,
 )
 from spearfl.models.policy import Policy, fit_prompts
+from spearfl.models.trunk import Trunk
 from spearfl.tasks.base import LETTERS, Example, Task
+
+log = logging.getLogger(__name__)
 
 
 def _rate(hits: Sequence[bool]) -> float:
@@ -49,47 +58,6 @@ def _breakdown(examples: Sequence[Example], hits: Sequence[bool], key) -> dict[s
     for ex, hit in zip(examples, hits):
         groups[str(key(ex))].append(hit)
     return {k: round(_rate(v), 4) for k, v in sorted(groups.items())}
-
-
-@torch.no_grad()
-def option_loglik(
-    model, state: PrefillState, options: Sequence[Sequence[Sequence[int]]], pad_id: int
-) -> list[list[float]]:
-    """Sum of log-probabilities of each option's tokens, continuing a prompt prefill.
-
-    The prompt's cache is copied once per option, so the prompt itself is never re-run.
-    """
-    device = state.logits.device
-    n_opt = max(len(o) for o in options)
-    first = torch.log_softmax(state.logits.float(), -1).repeat_interleave(n_opt, 0)
-    cache = copy.deepcopy(state.cache)
-    cache.batch_repeat_interleave(n_opt)
-    flat = [opts[j] if j < len(opts) else [pad_id] for opts in options for j in range(n_opt)]
-    width = max(len(o) for o in flat)
-    opt_ids = torch.full((len(flat), width), pad_id, dtype=torch.long)
-    opt_mask = torch.zeros((len(flat), width), dtype=torch.long)
-    for row, toks in enumerate(flat):
-        opt_ids[row, : len(toks)] = torch.tensor(list(toks))
-        opt_mask[row, : len(toks)] = 1
-    opt_ids, opt_mask = opt_ids.to(device), opt_mask.to(device)
-    attn = torch.cat([state.attention_mask.repeat_interleave(n_opt, 0), opt_mask], dim=1)
-    start = state.next_position.repeat_interleave(n_opt).unsqueeze(1)
-    positions = start + torch.arange(width, device=device).unsqueeze(0)
-    out = model(
-        input_ids=opt_ids, attention_mask=attn, position_ids=positions, cache=cache, use_cache=False
-    )
-    logp = torch.log_softmax(out.logits.float(), -1)
-    scores = []
-    for q, opts in enumerate(options):
-        row_scores = []
-        for j, toks in enumerate(opts):
-            r = q * n_opt + j
-            total = float(first[r, toks[0]])
-            for t in range(1, len(toks)):
-                total += float(logp[r, t - 1, toks[t]])
-            row_scores.append(total)
-        scores.append(row_scores)
-    return scores
 
 
 def letter_token_ids(
@@ -126,6 +94,7 @@ class Evaluator:
         batch_size: int,
         max_new_tokens: int,
         skip_bad_rows: bool = False,
+        reuse_frozen_states: bool = True,
     ) -> None:
         self.policy, self.task = policy, task
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
@@ -149,9 +118,45 @@ class Evaluator:
             letters = LETTERS[: max((len(e.options) for e in self.examples), default=0)]
             ids = letter_token_ids(policy.tokenizer, letters, policy.formatter.use_chat_template)
             self.letter_ids = [[ids[x] for x in LETTERS[: len(e.options)]] for e in self.examples]
+        self.options: list[list[list[int]]] | None = None
+        if task.eval_method == "option_text":
+            self.options = [
+                [[*self._encode_continuation(o), policy.eos_id] for o in ex.options]
+                for ex in self.examples
+            ]
+        # Batches of similar lengths (little padding), the same ones at every evaluation.
+        order = sorted(range(len(self.prompts)), key=lambda i: len(self.prompts[i]))
+        self.batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        self.reuse_frozen_states = reuse_frozen_states
+        self._frozen: FrozenPromptStates | None = None
 
     def _encode_continuation(self, text: str) -> list[int]:
         return list(self.policy.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def frozen_states(self) -> FrozenPromptStates | None:
+        """The prompts' frozen-layer states (:mod:`spearfl.evaluation.frozen_states`), built at
+        the first evaluation; None when no layer is frozen, the architecture is not supported,
+        or they would exceed ``FROZEN_STATES_BUDGET`` (the whole model runs then)."""
+        if self._frozen is not None or not self.reuse_frozen_states:
+            return self._frozen
+        trunk = Trunk.of(self.policy.model)
+        if trunk is None or not self.prompts:
+            self.reuse_frozen_states = False
+            return None
+        prefix = common_prefix_length(self.prompts)
+        size = frozen_states_bytes(
+            trunk,
+            sum(len(p) - prefix for p in self.prompts),
+            sum(len(o) for opts in self.options or [] for o in opts),
+        )
+        if size > FROZEN_STATES_BUDGET:
+            log.info("evaluation runs the whole model: frozen states would take %d MB", size >> 20)
+            self.reuse_frozen_states = False
+            return None
+        self._frozen = FrozenPromptStates(
+            trunk, self.prompts, self.batches, self.policy.tokenizer.pad_token_id, self.options
+        )
+        return self._frozen
 
     def evaluate(self) -> dict:
         start = time.perf_counter()
@@ -175,32 +180,39 @@ class Evaluator:
 
     @torch.no_grad()
     def _run(self, *, greedy: bool, scorer=None) -> tuple[list[str], list[list[float]]]:
-        """One prefill per batch, shared by option scoring and greedy decoding."""
+        """One prefill per batch, shared by scoring and greedy decoding. ``scorer(index, rows,
+        state)`` scores batch ``index`` (example indices ``rows``) from its prefill."""
         model, tok = self.policy.model, self.policy.tokenizer
         stop = stop_token_ids(tok, model)
         pad = tok.pad_token_id
-        runner = PrefixRunner(model, self.prompts, pad)
+        frozen = self.frozen_states()
+        if frozen is not None:
+            frozen.start()
+            prefill = frozen.prefill
+        else:
+            runner = PrefixRunner(model, self.prompts, pad)
+            prefill = lambda index: runner.prefill(  # noqa: E731
+                [self.prompts[i] for i in self.batches[index]]
+            )
         stop_when = answer_stop(tok, self.task)
         texts: list[str] = [""] * len(self.examples)
         scores: list[list[float]] = [[] for _ in self.examples]
-        order = sorted(range(len(self.prompts)), key=lambda i: len(self.prompts[i]))
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            state = runner.prefill([self.prompts[i] for i in chunk])
+        for index, rows in enumerate(self.batches):
+            state = prefill(index)
             if scorer is not None:
-                for i, row in zip(chunk, scorer(chunk, state)):
+                for i, row in zip(rows, scorer(index, rows, state)):
                     scores[i] = row
             if greedy:
                 new, _ = decode(
                     model,
                     state,
-                    max_new_tokens=[self.budgets[i] for i in chunk],
+                    max_new_tokens=[self.budgets[i] for i in rows],
                     stop_ids=stop,
                     pad_id=pad,
                     pick=lambda lg: sample_next(lg, False, 1.0, 1.0),
                     stop_when=stop_when,
                 )
-                for i, ids in zip(chunk, new):
+                for i, ids in zip(rows, new):
                     texts[i] = tok.decode(ids, skip_special_tokens=True)
         return texts, scores
 
@@ -211,7 +223,7 @@ class Evaluator:
     def letter_scores(self) -> list[list[float]]:
         """Per example, the log-probability of each of its own letters as the next token."""
 
-        def score(chunk, state):
+        def score(index, chunk, state):
             logp = torch.log_softmax(state.logits.float(), -1)
             return [[float(logp[r, c]) for c in self.letter_ids[i]] for r, i in enumerate(chunk)]
 
@@ -241,17 +253,21 @@ class Evaluator:
             "valid_rate": round(_rate(valid), 4),
         }
 
-    def _option_text(self) -> dict:
-        eos = self.policy.eos_id
+    def option_outputs(self) -> tuple[list[str], list[list[float]]]:
+        """Each example's greedy answer and its options' log-likelihoods, from one prefill per
+        batch (of the adapted layers only, when the frozen layers' states are kept)."""
         pad = self.policy.tokenizer.pad_token_id
-        options = [
-            [[*self._encode_continuation(o), eos] for o in ex.options] for ex in self.examples
-        ]
 
-        def score(chunk, state):
-            return option_loglik(self.policy.model, state, [options[i] for i in chunk], pad)
+        def score(index, chunk, state):
+            options = [self.options[i] for i in chunk]
+            if self._frozen is not None:
+                return self._frozen.option_scores(index, state, options)
+            return option_loglik(self.policy.model, state, options, pad)
 
-        texts, scores = self._run(greedy=True, scorer=score)
+        return self._run(greedy=True, scorer=score)
+
+    def _option_text(self) -> dict:
+        texts, scores = self.option_outputs()
         answers = [self.task.extract_answer(ex, t) for ex, t in zip(self.examples, texts)]
         hits = [a == ex.gold for a, ex in zip(answers, self.examples)]
         ll_hits = [p == ex.gold_index for p, ex in zip(self._argmax(scores), self.examples)]
