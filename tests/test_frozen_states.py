@@ -122,3 +122,114 @@ def test_no_kept_states_when_every_layer_is_adapted(tiny_model_dir):
     task = EmbeddedCategoryTask()
     evaluator = Evaluator(policy, task, task.load().eval[:2], batch_size=2, max_new_tokens=2)
     assert evaluator.frozen_states() is None
+
+
+# ----------------------------------------------------------- training rows' kept states
+PAD = 0
+
+
+def _lora_llama(checkpointing: bool = False):
+    """Two random Llama layers, LoRA (random, non-zero) on the upper one only."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from spearfl.models.adapter import attach_lora
+    from spearfl.models.loading import prepare_for_training
+
+    torch.manual_seed(1234)
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, intermediate_size=32, max_position_embeddings=64,
+        pad_token_id=PAD, bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    base = LlamaForCausalLM(config)
+    prepare_for_training(base, quantized=False, checkpointing=checkpointing)
+    model = attach_lora(
+        base, r=4, alpha=8, dropout=0.0, bias="none", target_modules=["q_proj", "v_proj"],
+        last_n_layers=1, seed=0,
+    )  # fmt: skip
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.copy_(torch.randn(param.shape) * 0.3)
+    return model
+
+
+def _pairs(seed: int, shared: int):
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(n):
+        return torch.randint(3, 64, (n,), generator=gen).tolist()
+
+    prefix = rand(shared)
+    return [
+        (prefix + rand(5), rand(3)),
+        (prefix + rand(2), rand(6)),
+        (prefix + rand(9), rand(1)),
+        (prefix + rand(1), rand(4)),
+    ]
+
+
+def _reference(model, pairs):
+    """Per row, the completion's log-probabilities from one whole-model pass of the unpadded
+    sequence, and the LoRA gradients of their summed negative."""
+    model.zero_grad(set_to_none=True)
+    rows = []
+    for prompt, completion in pairs:
+        logits = model(input_ids=torch.tensor([prompt + completion])).logits[0]
+        logp = torch.log_softmax(logits.float(), -1)
+        picked = torch.stack([logp[len(prompt) + j - 1, t] for j, t in enumerate(completion)])
+        (-picked.sum()).backward()
+        rows.append(picked.detach().tolist())
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad(set_to_none=True)
+    return rows, grads
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("shared", [0, 6])
+def test_training_rows_from_kept_states_give_the_whole_models_logprobs_and_gradients(
+    checkpointing, shared
+):
+    from spearfl.algorithms.scoring import build_batch, completion_logprobs, drops_cache
+    from spearfl.models.trunk import forget_frozen_states, frozen_memo
+
+    model = _lora_llama(checkpointing)
+    model.train()
+    pairs = _pairs(11 + shared, shared)
+    want_rows, want_grads = _reference(model, pairs)
+    memo = frozen_memo(model)
+    assert memo is not None and memo.trunk.depth == 1
+    for _ in range(2):  # the second time from the kept states
+        batch = build_batch(pairs, PAD, torch.device("cpu"))
+        assert drops_cache(model) == checkpointing and (batch.prefix_ids is not None) == bool(
+            shared
+        )
+        model.zero_grad(set_to_none=True)
+        logp = completion_logprobs(model, batch)
+        (-(logp * batch.target_mask).sum()).backward()
+        k = batch.targets.shape[1]
+        for row, ((_, completion), want) in enumerate(zip(pairs, want_rows, strict=True)):
+            got = logp[row, k - len(completion) :].tolist()
+            assert got == pytest.approx(want, abs=1e-5)
+        for name, grad in want_grads.items():
+            torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad,
+                                       rtol=1e-4, atol=1e-6)  # fmt: skip
+        assert memo.computed_rows == len(pairs)  # once per row, not once per step
+    forget_frozen_states(model)  # a new adapter: the next update runs its rows again
+    with torch.no_grad():
+        completion_logprobs(model, build_batch(pairs, PAD, torch.device("cpu")))
+    assert memo.computed_rows == 2 * len(pairs)
+
+
+def test_the_memo_stays_within_its_budget():
+    from spearfl.models.trunk import FrozenStateMemo, Trunk
+
+    model = _lora_llama()
+    memo = FrozenStateMemo(Trunk.of(model), budget=3 * 12 * 16 * 4)  # three 12-token rows
+    rows = [tuple(range(3 + i, 15 + i)) for i in range(5)]
+    for row in rows:
+        memo.rows((), [row])
+    assert memo.bytes <= memo.budget and len(memo.entries) == 3
+    assert [key[1] for key in memo.entries] == rows[2:]  # the oldest went first
+    state = memo.rows((), [rows[4]])[0]
+    assert state.shape == (12, 16) and memo.computed_rows == 5

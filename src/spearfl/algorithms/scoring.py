@@ -22,9 +22,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from transformers import DynamicCache
 
 from spearfl.algorithms.logits import target_logprobs
 from spearfl.models.generation import common_prefix_length
+from spearfl.models.trunk import FrozenStateMemo, frozen_memo
 
 LOGITS_BUDGET = 2**28
 """Most logits (rows x longest completion x vocabulary) one forward pass holds when
@@ -103,7 +105,14 @@ def drops_cache(model: torch.nn.Module) -> bool:
 
 
 def completion_logits(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
-    """Logits ``[B, K, V]`` predicting each completion column (prompt positions skipped)."""
+    """Logits ``[B, K, V]`` predicting each completion column (prompt positions skipped).
+
+    With frozen layers below the adapted ones, each row's frozen states run once
+    (:class:`~spearfl.models.trunk.FrozenStateMemo`) and only the adapted layers run here.
+    """
+    memo = frozen_memo(model)
+    if memo is not None:
+        return _adapted_layer_logits(model, memo, batch)
     ids, mask, positions = batch.input_ids, batch.attention_mask, batch.position_ids
     cache = None
     if batch.prefix_ids is not None:
@@ -130,6 +139,43 @@ def completion_logits(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor
         use_cache=cache is not None,
     )
     return out.logits
+
+
+def _adapted_layer_logits(
+    model: torch.nn.Module, memo: FrozenStateMemo, batch: TokenBatch
+) -> torch.Tensor:
+    """:func:`completion_logits` from the rows' kept frozen states: the same layout, positions
+    and prefix handling, through the adapted layers only."""
+    trunk = memo.trunk
+    mask, positions = batch.attention_mask, batch.position_ids
+    rows, width = mask.shape
+    k = batch.targets.shape[1]
+    if width <= k:
+        raise ValueError("scoring needs at least one prompt token before every completion")
+    tokens = [tuple(row[m.bool()].tolist()) for row, m in zip(batch.input_ids.cpu(), mask.cpu())]
+    prefix = () if batch.prefix_ids is None else tuple(batch.prefix_ids[0].tolist())
+    states = memo.rows(prefix, tokens)
+    hidden = states[0].new_zeros((rows, width, states[0].shape[-1]))
+    for row, state in enumerate(states):
+        hidden[row, width - state.shape[0] :] = state
+    cache = None
+    if prefix:
+        n_prefix = len(prefix)
+        mask = torch.cat(
+            [torch.ones((rows, n_prefix), dtype=mask.dtype, device=mask.device), mask], 1
+        )
+        start = torch.arange(n_prefix, device=positions.device).unsqueeze(0)
+        prefix_hidden = memo.prefix(prefix).hidden
+        if drops_cache(model):
+            hidden = torch.cat([prefix_hidden.expand(rows, -1, -1), hidden], dim=1)
+            positions = torch.cat([start.expand(rows, -1), positions], dim=1)
+        else:
+            cache = DynamicCache()
+            ones = torch.ones((1, n_prefix), dtype=mask.dtype, device=mask.device)
+            trunk.upper(prefix_hidden, ones, start, cache)
+            cache.batch_repeat_interleave(rows)
+    out = trunk.upper(hidden, mask, positions, cache)
+    return trunk.lm_head(out[:, -k - 1 : -1])
 
 
 def vocab_size(model: torch.nn.Module) -> int:

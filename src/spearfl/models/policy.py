@@ -19,6 +19,7 @@ from spearfl.models.adapter import attach_lora, get_adapter_state, set_adapter_s
 from spearfl.models.generation import AnswerStop, Completion, generate
 from spearfl.models.loading import load_base_model
 from spearfl.models.prompts import PromptFormatter
+from spearfl.models.trunk import forget_frozen_states
 from spearfl.tasks.base import Example, Message
 
 SKIP_PROMPT_ADVICE = (
@@ -167,7 +168,9 @@ class Policy:
         return get_adapter_state(self.model)
 
     def set_adapter(self, state: dict[str, torch.Tensor]) -> None:
+        """Load an adapter; a client update starts, so the last one's kept states go."""
         set_adapter_state(self.model, state)
+        forget_frozen_states(self.model)
 
     def trainable(self) -> dict[str, torch.nn.Parameter]:
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}

@@ -18,6 +18,8 @@ the embedded SmolLM2) with SDPA or eager attention and no sliding window; for an
 from __future__ import annotations
 
 import re
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -139,3 +141,105 @@ class Trunk:
         """The adapted layers and the final norm over ``hidden`` (from :meth:`lower`)."""
         layers = self.decoder.layers[self.depth :]
         return self.decoder.norm(self._run(layers, hidden, mask, positions, cache))
+
+
+MEMO_BUDGET = 2**27
+"""Most bytes of hidden states a :class:`FrozenStateMemo` keeps (128 MB): several client
+updates' worth of training rows for the embedded default (about 0.25 MB a row)."""
+
+
+@dataclass
+class _Prefix:
+    hidden: torch.Tensor
+    kv: dict[int, tuple[torch.Tensor, torch.Tensor]]
+
+
+class FrozenStateMemo:
+    """Hidden states entering the first adapted layer, by token sequence.
+
+    A training step scores rows of (prompt, completion); the same rows come back at every
+    local step (the wins and losses are sampled from one pool), and their frozen layers would
+    give the same states each time. Here they run once per row; every step then runs only the
+    adapted layers. Oldest rows go first beyond ``budget`` bytes; :func:`forget_frozen_states`
+    empties the memo when a new adapter arrives, so memory does not grow over rounds.
+    """
+
+    def __init__(self, trunk: Trunk, budget: int = MEMO_BUDGET) -> None:
+        self.trunk, self.budget = trunk, budget
+        self.prefixes: dict[tuple[int, ...], _Prefix] = {}
+        self.entries: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self.bytes = 0
+        self.computed_rows = 0
+        """Rows whose frozen layers have run (a test and the benchmarks read it)."""
+
+    def clear(self) -> None:
+        self.prefixes.clear()
+        self.entries.clear()
+        self.bytes = 0
+
+    def _device(self) -> torch.device:
+        return next(self.trunk.decoder.parameters()).device
+
+    def prefix(self, ids: tuple[int, ...]) -> _Prefix:
+        """The shared prefix's hidden states and frozen keys/values, run once."""
+        if ids not in self.prefixes:
+            cache = DynamicCache()
+            tokens = torch.tensor([list(ids)], device=self._device())
+            positions = torch.arange(len(ids), device=tokens.device).unsqueeze(0)
+            hidden = self.trunk.lower(tokens, torch.ones_like(tokens), positions, cache)
+            kv = {i: layer_kv(cache, i) for i in range(self.trunk.depth)}
+            self.prefixes[ids] = _Prefix(hidden, kv)
+        return self.prefixes[ids]
+
+    def rows(self, prefix: tuple[int, ...], rows: list[tuple[int, ...]]) -> list[torch.Tensor]:
+        """Each row's hidden states ``[len(row), d]``, continuing ``prefix``."""
+        wanted = list(dict.fromkeys(rows))
+        for row in wanted:  # newest first out of eviction's way
+            if (prefix, row) in self.entries:
+                self.entries.move_to_end((prefix, row))
+        missing = [r for r in wanted if (prefix, r) not in self.entries]
+        if missing:
+            self._compute(prefix, missing, keep=len(wanted))
+        return [self.entries[(prefix, row)] for row in rows]
+
+    def _compute(self, prefix: tuple[int, ...], rows: list[tuple[int, ...]], keep: int) -> None:
+        device = self._device()
+        p, width, b = len(prefix), max(len(r) for r in rows), len(rows)
+        ids = torch.zeros((b, width), dtype=torch.long, device=device)
+        mask = torch.zeros((b, width), dtype=torch.long, device=device)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row) :] = torch.tensor(row, device=device)
+            mask[i, width - len(row) :] = 1
+        positions = p + (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        if p:
+            for index, (k, v) in self.prefix(prefix).kv.items():
+                cache.update(k.repeat_interleave(b, 0), v.repeat_interleave(b, 0), index)
+            mask = torch.cat([torch.ones((b, p), dtype=mask.dtype, device=device), mask], 1)
+        hidden = self.trunk.lower(ids, mask, positions, cache)
+        self.computed_rows += b
+        for i, row in enumerate(rows):
+            state = hidden[i, width - len(row) :].clone()
+            self.entries[(prefix, row)] = state
+            self.bytes += state.numel() * state.element_size()
+        while self.bytes > self.budget and len(self.entries) > keep:
+            _, old = self.entries.popitem(last=False)
+            self.bytes -= old.numel() * old.element_size()
+
+
+_MEMOS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def frozen_memo(model: torch.nn.Module) -> FrozenStateMemo | None:
+    """The model's memo (one per model), or None when it has no frozen trunk to run once."""
+    if model not in _MEMOS:
+        trunk = Trunk.of(model)
+        _MEMOS[model] = FrozenStateMemo(trunk) if trunk is not None else None
+    return _MEMOS[model]
+
+
+def forget_frozen_states(model: torch.nn.Module) -> None:
+    """Empty the model's memo (a new adapter arrived: a new client update starts)."""
+    memo = _MEMOS.get(model)
+    if memo is not None:
+        memo.clear()
