@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import torch
+
 from spearfl.tasks.embedded import EmbeddedCategoryTask
 
 
@@ -227,6 +229,24 @@ def kill_tree(proc, sig: int | None = None) -> None:
         except psutil.NoSuchProcess:
             pass
     proc.wait(timeout=60)
+
+
+def random_pairs(seed: int, shared: int = 0) -> list[tuple[list[int], list[int]]]:
+    """Four (prompt, completion) rows of random ids from 3..63 that start with the same
+    ``shared`` prompt tokens, shaped to exercise padding: the longest completion, the longest
+    sequence and a row with one own prompt token are different rows."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(n: int) -> list[int]:
+        return torch.randint(3, 64, (n,), generator=gen).tolist()
+
+    prefix = rand(shared)
+    return [
+        (prefix + rand(5), rand(3)),
+        (prefix + rand(2), rand(6)),
+        (prefix + rand(9), rand(1)),
+        (prefix + rand(1), rand(4)),
+    ]
 
 
 def row_with(base: dict, **changes: object) -> dict:

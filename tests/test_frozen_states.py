@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import random_pairs
 from spearfl.config import load_config
 from spearfl.evaluation.evaluator import Evaluator
 from spearfl.models.policy import Policy
@@ -154,21 +155,6 @@ def _lora_llama(checkpointing: bool = False):
     return model
 
 
-def _pairs(seed: int, shared: int):
-    gen = torch.Generator().manual_seed(seed)
-
-    def rand(n):
-        return torch.randint(3, 64, (n,), generator=gen).tolist()
-
-    prefix = rand(shared)
-    return [
-        (prefix + rand(5), rand(3)),
-        (prefix + rand(2), rand(6)),
-        (prefix + rand(9), rand(1)),
-        (prefix + rand(1), rand(4)),
-    ]
-
-
 def _reference(model, pairs):
     """Per row, the completion's log-probabilities from one whole-model pass of the unpadded
     sequence, and the LoRA gradients of their summed negative."""
@@ -195,7 +181,7 @@ def test_training_rows_from_kept_states_give_the_whole_models_logprobs_and_gradi
 
     model = _lora_llama(checkpointing)
     model.train()
-    pairs = _pairs(11 + shared, shared)
+    pairs = random_pairs(11 + shared, shared)
     want_rows, want_grads = _reference(model, pairs)
     memo = frozen_memo(model)
     assert memo is not None and memo.trunk.depth == 1

@@ -13,10 +13,10 @@ from spearfl.algorithms.base import RoundContext
 from spearfl.algorithms.grpo import GRPOUpdate, grpo_rewards
 from spearfl.algorithms.policy_gradient import (
     RoundState,
-    clipped_objective,
+    clipped_terms,
     group_advantages,
-    k3_kl,
-    reference_logprobs,
+    k3_terms,
+    reference_sequence_logprobs,
     sampling_settings,
     sequence_logprob,
 )
@@ -63,42 +63,39 @@ def test_sequence_logprob_is_the_mean_over_masked_tokens():
 
 
 # ------------------------------------------------------------ clipped objective
-def test_clipped_objective_both_signs_by_hand():
+def test_clipped_terms_both_signs_by_hand():
     up, down = math.log(1.5), math.log(0.5)
     logp_new = torch.tensor([up, down, down, up], requires_grad=True)
     logp_old = torch.zeros(4)
     adv = torch.tensor([2.0, -1.0, 2.0, -1.0])
-    loss = clipped_objective(logp_new, logp_old, adv, clip=0.2)
+    terms = clipped_terms(logp_new, logp_old, adv, clip=0.2)
     # A>0, ratio 1.5 > 1.2: clipped, -1.2*2 = -2.4.   A<0, ratio 0.5 < 0.8: clipped, 0.8.
     # A>0, ratio 0.5: unclipped, -0.5*2 = -1.0.       A<0, ratio 1.5: unclipped, 1.5.
-    assert float(loss.detach()) == pytest.approx((-2.4 + 0.8 - 1.0 + 1.5) / 4)
-    loss.backward()
-    # clipped terms pass no gradient; unclipped ones d(-ρA/4)/dlogp = -ρA/4
-    assert logp_new.grad.tolist() == pytest.approx([0.0, 0.0, -0.5 * 2 / 4, 1.5 / 4])
+    assert terms.detach().tolist() == pytest.approx([-2.4, 0.8, -1.0, 1.5])
+    terms.sum().backward()
+    # clipped terms pass no gradient; unclipped ones d(-ρA)/dlogp = -ρA
+    assert logp_new.grad.tolist() == pytest.approx([0.0, 0.0, -0.5 * 2, 1.5])
 
 
-def test_clipped_objective_on_policy_is_minus_mean_advantage():
+def test_clipped_terms_on_policy_are_minus_the_advantages():
     logp = torch.tensor([-0.3, -2.0, -1.0])
     adv = torch.tensor([1.0, -0.5, 2.0])
-    assert float(clipped_objective(logp, logp, adv, 0.2)) == pytest.approx(-2.5 / 3)
+    assert clipped_terms(logp, logp, adv, 0.2).tolist() == pytest.approx([-1.0, 0.5, -2.0])
 
 
 # ----------------------------------------------------------------------- k3 KL
-def test_k3_kl_by_hand():
+def test_k3_terms_by_hand():
     zero = torch.zeros(1)
-    assert float(k3_kl(zero, zero)) == 0.0
+    assert k3_terms(zero, zero).tolist() == [0.0]
     ln2 = math.log(2.0)
-    # d = logp_ref - logp_new
-    assert float(k3_kl(torch.tensor([0.0]), torch.tensor([ln2]))) == pytest.approx(1 - ln2)
-    assert float(k3_kl(torch.tensor([ln2]), torch.tensor([0.0]))) == pytest.approx(ln2 - 0.5)
-    # averaged, and d clamped to +5
-    both = k3_kl(torch.tensor([0.0, 0.0]), torch.tensor([ln2, 10.0]))
-    assert float(both) == pytest.approx((1 - ln2 + math.exp(5) - 6) / 2, rel=1e-6)
+    # d = logp_ref - logp_new; d clamped to +5 in the last row
+    got = k3_terms(torch.tensor([0.0, ln2, 0.0]), torch.tensor([ln2, 0.0, 10.0]))
+    assert got.tolist() == pytest.approx([1 - ln2, ln2 - 0.5, math.exp(5) - 6], rel=1e-6)
 
 
-def test_k3_kl_gradient_vanishes_at_the_reference():
+def test_k3_terms_gradient_vanishes_at_the_reference():
     logp = torch.tensor([-1.0, -2.0], requires_grad=True)
-    k3_kl(logp, logp.detach().clone()).backward()
+    k3_terms(logp, logp.detach().clone()).sum().backward()
     assert logp.grad.tolist() == [0.0, 0.0]
 
 
@@ -144,7 +141,7 @@ def parity():
 
 
 @pytest.mark.slow
-def test_reference_logprobs_restores_the_current_adapter(tiny_model_dir):
+def test_reference_logprobs_restore_the_current_adapter(tiny_model_dir):
     from spearfl.models.policy import Policy
 
     policy = Policy.from_config(_config(tiny_model_dir))
@@ -153,20 +150,21 @@ def test_reference_logprobs_restores_the_current_adapter(tiny_model_dir):
     current = {k: v + 0.5 * torch.randn(v.shape, generator=gen) for k, v in reference.items()}
     policy.set_adapter(current)
     policy.model.train()
-    batch = build_batch([((5, 6, 7), (8, 9)), ((5, 6, 11), (12, 13, 14))], 0, policy.device)
+    rows = [((5, 6, 7), (8, 9)), ((5, 6, 11), (12, 13, 14))]
 
-    ref = reference_logprobs(policy, reference, batch)
+    ref = reference_sequence_logprobs(policy, reference, rows, micro=1)
 
     after = policy.get_adapter()
     assert all(torch.equal(after[k], current[k]) for k in current)
     assert policy.model.training  # mode restored too
     assert not ref.requires_grad
     policy.model.eval()
+    batch = build_batch(rows, 0, policy.device)
     with torch.no_grad():
-        mine = completion_logprobs(policy.model, batch)
+        mine = sequence_logprob(completion_logprobs(policy.model, batch), batch.target_mask)
         policy.set_adapter(reference)
-        expected = completion_logprobs(policy.model, batch)
-    assert torch.allclose(ref, expected)
+        expected = sequence_logprob(completion_logprobs(policy.model, batch), batch.target_mask)
+    assert torch.allclose(ref, expected, atol=1e-5)
     assert not torch.allclose(mine, expected)  # the swap mattered
 
 

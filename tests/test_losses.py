@@ -35,6 +35,19 @@ def test_mle_loss_all_masked_is_zero():
     assert float(mle_loss(_logp(0.5, 0.5), torch.zeros((1, 2)))) == 0.0
 
 
+def test_mle_loss_pieces_with_the_whole_count_add_up_to_the_whole():
+    logp = torch.log(torch.tensor([[0.5, 0.5], [0.25, 1.0], [0.125, 0.5]]))
+    mask = torch.tensor([[0, 1], [1, 1], [1, 0]])
+    whole = mle_loss(logp, mask)
+    # masked: 0.5, 0.25, 1.0, 0.125 -> (1 + 2 + 0 + 3) log 2 / 4
+    assert float(whole) == pytest.approx(1.5 * math.log(2.0), rel=1e-6)
+    pieces = mle_loss(logp[:1], mask[:1], 4) + mle_loss(logp[1:], mask[1:], 4)
+    assert float(pieces) == pytest.approx(float(whole), rel=1e-6)
+    # without the whole count each piece is its own mean: (log 2)/1 + (2+0+3) log 2 / 3
+    apart = mle_loss(logp[:1], mask[:1]) + mle_loss(logp[1:], mask[1:])
+    assert float(apart) == pytest.approx((1 + 5 / 3) * math.log(2.0), rel=1e-6)
+
+
 # ------------------------------------------------------------------ unlikelihood
 def test_unlikelihood_counts_only_masked_tokens_above_margin():
     # 0.9: masked in, above margin -> counts; 0.2: below margin; 0.5: masked out.
@@ -60,6 +73,19 @@ def test_unlikelihood_batch_normalises_by_all_masked_positions():
     expected = (-math.log(0.1) - math.log(0.5)) / 3 * 0.5
     got = unlikelihood_loss(logp, mask, torch.tensor([0.5, 0.5]), margin=0.3)
     assert float(got) == pytest.approx(expected, rel=1e-5)
+
+
+def test_unlikelihood_pieces_with_the_whole_count_add_up_to_the_whole():
+    logp = torch.log(torch.tensor([[0.9, 0.6], [0.5, 0.1]]))
+    mask = torch.tensor([[1, 0], [1, 1]])
+    conf = torch.tensor([0.5, 1.0])
+    whole = unlikelihood_loss(logp, mask, conf, margin=0.3)
+    # active 0.9 and 0.5 over 3 masked positions, times mean confidence 0.75
+    assert float(whole) == pytest.approx((-math.log(0.1) - math.log(0.5)) / 3 * 0.75, rel=1e-5)
+    pieces = unlikelihood_loss(logp[:1], mask[:1], conf, 0.3, 3) + unlikelihood_loss(
+        logp[1:], mask[1:], conf, 0.3, 3
+    )
+    assert float(pieces) == pytest.approx(float(whole), rel=1e-6)
 
 
 def test_unlikelihood_margin_is_strict_and_moves_the_threshold():

@@ -175,7 +175,9 @@ def test_extract_answer(completion: str, expected: str | None) -> None:
     task = MathMCQATask(path="unused")
     assert task.extract_answer(_example(), completion) == expected
     span = task.answer_span(_example(), completion)
-    if expected is not None:
+    if expected is None:
+        assert span is None
+    else:
         assert span is not None and completion[span[0] : span[1]].upper() == expected
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import random_pairs
 from spearfl.algorithms import scoring
 from spearfl.algorithms.scoring import (
     align_flags,
@@ -174,25 +175,10 @@ def _reference_logprobs(model, pairs, k):
     return rows
 
 
-def _random_pairs(seed, shared=0):
-    gen = torch.Generator().manual_seed(seed)
-
-    def rand(n):
-        return torch.randint(3, 64, (n,), generator=gen).tolist()
-
-    prefix = rand(shared)
-    return [
-        (prefix + rand(5), rand(3)),
-        (prefix + rand(2), rand(6)),  # longest completion
-        (prefix + rand(9), rand(1)),  # longest sequence
-        (prefix + rand(1), rand(4)),  # heavily padded, one own prompt token
-    ]
-
-
 @pytest.mark.parametrize("shared", [0, 6])
 @pytest.mark.parametrize("share_prefix", [True, False])
 def test_completion_logprobs_match_unpadded_forward_passes(tiny_llama, shared, share_prefix):
-    pairs = _random_pairs(7 + shared, shared)
+    pairs = random_pairs(7 + shared, shared)
     batch = build_batch(pairs, PAD, CPU, share_prefix=share_prefix)
     assert (batch.prefix_ids is not None) == (share_prefix and shared > 0)
     if batch.prefix_ids is not None:
@@ -218,7 +204,7 @@ def _grads(model, batch):
 
 
 def test_shared_prefix_gives_the_gradients_of_the_plain_layout(tiny_llama):
-    pairs = _random_pairs(21, shared=6)
+    pairs = random_pairs(21, shared=6)
     shared_loss, shared = _grads(tiny_llama, build_batch(pairs, PAD, CPU))
     plain_loss, plain = _grads(tiny_llama, build_batch(pairs, PAD, CPU, share_prefix=False))
     assert shared_loss == pytest.approx(plain_loss, rel=1e-5)

@@ -16,10 +16,17 @@ _P_MAX = 1.0 - 1e-6
 """Probabilities are clamped below 1 so that -log(1 - p) stays finite."""
 
 
-def mle_loss(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean token cross-entropy over the masked (completion) tokens of the batch."""
+def mle_loss(
+    logprobs: torch.Tensor, mask: torch.Tensor, count: float | None = None
+) -> torch.Tensor:
+    """Token cross-entropy summed over the masked (completion) tokens, divided by ``count``.
+
+    ``count`` defaults to the number of masked tokens here (the mean). A micro-batch split into
+    several forward passes passes the whole micro-batch's count, so the pieces add up to the
+    loss of the micro-batch in one pass.
+    """
     mask = mask.to(logprobs.dtype)
-    count = mask.sum()
+    count = float(mask.sum()) if count is None else count
     if count == 0:
         return logprobs.new_zeros(())
     return -(logprobs * mask).sum() / count
@@ -30,15 +37,17 @@ def unlikelihood_loss(
     mask: torch.Tensor,
     confidences: torch.Tensor,
     margin: float,
+    count: float | None = None,
 ) -> torch.Tensor:
     """Confidence-weighted unlikelihood ``-log(1 - p)`` on tokens the model still likes.
 
-    A token counts only where ``p > margin``; the sum is divided by the number of masked
-    positions in the batch (not just those above the margin), then multiplied by the batch's
-    mean confidence (1.0 for a loss whose prompt a revision fixed, 0.5 otherwise).
+    A token counts only where ``p > margin``; the sum is divided by ``count``, by default the
+    number of masked positions here (not just those above the margin; a micro-batch split into
+    forward passes passes its whole count, as for :func:`mle_loss`), then multiplied by the
+    micro-batch's mean confidence (1.0 for a loss whose prompt a revision fixed, 0.5 otherwise).
     """
     mask = mask.to(logprobs.dtype)
-    count = mask.sum()
+    count = float(mask.sum()) if count is None else count
     if count == 0:
         return logprobs.new_zeros(())
     probs = logprobs.exp().clamp(max=_P_MAX)

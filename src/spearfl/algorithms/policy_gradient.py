@@ -73,13 +73,6 @@ def clipped_terms(
     return -torch.minimum(unclipped, clipped)
 
 
-def clipped_objective(
-    logp_new: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor, clip: float
-) -> torch.Tensor:
-    """The PPO-clipped surrogate loss, negated and averaged over sequences."""
-    return clipped_terms(logp_new, logp_old, advantages, clip).mean()
-
-
 def k3_terms(logp_new: torch.Tensor, logp_ref: torch.Tensor, clamp: float = 5.0) -> torch.Tensor:
     """Elementwise k3 estimator of KL(new ‖ ref): ``exp(d) - 1 - d``, ``d = ref - new``.
 
@@ -87,11 +80,6 @@ def k3_terms(logp_new: torch.Tensor, logp_ref: torch.Tensor, clamp: float = 5.0)
     """
     d = (logp_ref.detach() - logp_new).clamp(-clamp, clamp)
     return torch.exp(d) - 1.0 - d
-
-
-def k3_kl(logp_new: torch.Tensor, logp_ref: torch.Tensor, clamp: float = 5.0) -> torch.Tensor:
-    """The k3 KL estimate averaged over sequences (non-negative, zero when equal)."""
-    return k3_terms(logp_new, logp_ref, clamp).mean()
 
 
 # ------------------------------------------------------------------ scoring helpers
@@ -158,25 +146,17 @@ def adapter_swapped(policy: Policy, adapter: Mapping[str, torch.Tensor]) -> Iter
         policy.set_adapter(current)
 
 
-def reference_logprobs(
-    policy: Policy, reference_adapter: Mapping[str, torch.Tensor], batch: TokenBatch
-) -> torch.Tensor:
-    """Token log-probs ``[B, K]`` of ``batch`` under ``reference_adapter`` (no gradients).
-
-    The reference (the adapter received at the round's start) is swapped into the same model
-    and the trained tensors restored afterwards, so it costs adapter-sized memory only.
-    """
-    with adapter_swapped(policy, reference_adapter), eval_mode(policy), torch.no_grad():
-        return completion_logprobs(policy.model, batch)
-
-
 def reference_sequence_logprobs(
     policy: Policy,
     reference_adapter: Mapping[str, torch.Tensor],
     rows: Sequence[Row],
     micro: int | None,
 ) -> torch.Tensor:
-    """Mean-token log-probs ``[B]`` of ``rows`` under the reference, with one adapter swap."""
+    """Mean-token log-probs ``[B]`` of ``rows`` under the reference (no gradients).
+
+    The reference (the adapter received at the round's start) is swapped into the same model
+    and the trained tensors restored afterwards, so it costs adapter-sized memory only.
+    """
     with adapter_swapped(policy, reference_adapter):
         return sequence_logprobs(policy, rows, micro)
 

@@ -12,7 +12,7 @@ import torch
 
 from spearfl.algorithms.base import ClientAlgorithm, ClientUpdateResult, RoundContext
 from spearfl.algorithms.logits import target_logprobs
-from spearfl.algorithms.losses import anchor_loss, unlikelihood_loss
+from spearfl.algorithms.losses import anchor_loss, mle_loss, unlikelihood_loss
 from spearfl.algorithms.masks import MaskOptions, token_char_spans, unlikelihood_mask
 from spearfl.algorithms.rollout import RolloutResult, Trace, sample_prompts, self_play_rollout
 from spearfl.algorithms.scoring import (
@@ -118,15 +118,14 @@ class SpearUpdate(ClientAlgorithm):
                 win_rows = torch.tensor(is_win[chunk], device=policy.device)
                 loss = logp.new_zeros(())
                 if win_rows.any() and n_win_tokens:
-                    lw = -(logp[win_rows] * mask[win_rows]).sum() / n_win_tokens
+                    lw = mle_loss(logp[win_rows], mask[win_rows], n_win_tokens)
                     loss = loss + w.win * lw
                     win_sum += float(lw.detach())
                 if (~win_rows).any() and n_loss_tokens:
-                    # unlikelihood_loss averages over its own masked tokens: rescale to the
-                    # micro-batch's count, and weight by the micro-batch's mean confidence.
-                    lose_mask = mask[~win_rows]
-                    part = unlikelihood_loss(logp[~win_rows], lose_mask, conf, w.margin)
-                    ll = part * float(lose_mask.sum()) / n_loss_tokens
+                    # Normalised by the micro-batch's loss tokens and weighted by its mean
+                    # confidence, whichever forward pass a row falls in.
+                    lose = ~win_rows
+                    ll = unlikelihood_loss(logp[lose], mask[lose], conf, w.margin, n_loss_tokens)
                     loss = loss + w.lose * ll
                     lose_sum += float(ll.detach())
                 if chunk.start == 0 and w.anchor > 0:
