@@ -131,21 +131,6 @@ def eval_mode(policy: Policy) -> Iterator[None]:
         policy.model.train(was_training)
 
 
-@contextmanager
-def adapter_swapped(policy: Policy, adapter: Mapping[str, torch.Tensor]) -> Iterator[None]:
-    """Temporarily load ``adapter`` into the policy, restoring the current tensors after.
-
-    The saved copy is one adapter (CPU, float32): no second model is ever held, which matters
-    on an edge device where the frozen base model dominates memory.
-    """
-    current = policy.get_adapter()
-    policy.set_adapter(dict(adapter))
-    try:
-        yield
-    finally:
-        policy.set_adapter(current)
-
-
 def reference_sequence_logprobs(
     policy: Policy,
     reference_adapter: Mapping[str, torch.Tensor],
@@ -157,7 +142,7 @@ def reference_sequence_logprobs(
     The reference (the adapter received at the round's start) is swapped into the same model
     and the trained tensors restored afterwards, so it costs adapter-sized memory only.
     """
-    with adapter_swapped(policy, reference_adapter):
+    with policy.adapter_swapped(reference_adapter):
         return sequence_logprobs(policy, rows, micro)
 
 

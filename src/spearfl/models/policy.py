@@ -6,7 +6,8 @@ process serves; only adapter tensors are swapped in and out.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -171,6 +172,21 @@ class Policy:
         """Load an adapter; a client update starts, so the last one's kept states go."""
         set_adapter_state(self.model, state)
         forget_frozen_states(self.model)
+
+    @contextmanager
+    def adapter_swapped(self, state: Mapping[str, torch.Tensor]) -> Iterator[None]:
+        """Score with ``state`` for the duration, then restore the current tensors.
+
+        Within an update (a KL reference): the frozen layers' kept states stay, since an adapter
+        never changes them. The saved copy is one adapter (CPU, float32), never a second model,
+        which matters on an edge device where the frozen base model dominates memory.
+        """
+        current = self.get_adapter()
+        set_adapter_state(self.model, dict(state))
+        try:
+            yield
+        finally:
+            set_adapter_state(self.model, current)
 
     def trainable(self) -> dict[str, torch.nn.Parameter]:
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
