@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from helpers import ParityTask, spy_generate
+from spearfl.algorithms import policy_gradient
 from spearfl.algorithms.base import RoundContext
 from spearfl.algorithms.grpo import GRPOUpdate, grpo_rewards
 from spearfl.algorithms.policy_gradient import (
@@ -254,3 +255,53 @@ def test_grpo_micro_batches_give_the_same_gradient(tiny_model_dir, parity):
     assert losses[0] == pytest.approx(losses[1], rel=1e-5, abs=1e-7)
     for name, grad in grads[0].items():
         assert torch.allclose(grad, grads[1][name], atol=1e-6), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("at_reference", [True, False])
+def test_without_dropout_the_step_scores_its_samples_once(
+    tiny_model_dir, parity, monkeypatch, at_reference
+):
+    """No dropout: the pre-step log-probs are the step's own, detached; the loss and the
+    gradients are those of the separate eval-mode pass it replaces, with one pass fewer."""
+    from spearfl.models.policy import Policy
+
+    task, examples = parity
+    runs = []
+    for separate_pass in (True, False):
+        cfg = _config(tiny_model_dir, "lora.dropout=0.0", "grpo.num_generations=4",
+                      "grpo.beta_kl=0.5")  # fmt: skip
+        policy = Policy.from_config(cfg)
+        assert policy.dropout_free
+        if separate_pass:  # what a model with dropout runs
+            monkeypatch.setattr(Policy, "dropout_free", property(lambda self: False))
+        reference = policy.get_adapter()
+        policy.set_adapter({k: v + 0.1 for k, v in reference.items()})
+        passes = []
+        scoring = policy_gradient.completion_logprobs
+
+        def counted(model, batch, passes=passes, scoring=scoring):
+            passes.append(len(batch.targets))
+            return scoring(model, batch)
+
+        monkeypatch.setattr(policy_gradient, "completion_logprobs", counted)
+        state = RoundState(
+            examples=examples,
+            reference=reference,
+            generator=Generator(policy, sampling_settings(cfg.gen), task),
+            rng=random.Random(0),
+            accum=1,
+            micro_index=0 if at_reference else 1,
+        )
+        torch.manual_seed(0)
+        loss = GRPOUpdate(cfg, policy, task, OracleFeedback(task)).micro_step(state, 1.0)
+        grads = {n: p.grad.clone() for n, p in policy.trainable().items()}
+        runs.append((loss, grads, len(passes)))
+        monkeypatch.undo()
+        assert passes == [8] * len(passes)  # 2 prompts x 4 samples, one pass each time
+    (loss_a, grads_a, passes_a), (loss_b, grads_b, passes_b) = runs
+    # pre-step, reference (past the first step) and training passes, against one fewer
+    assert (passes_a, passes_b) == ((2, 1) if at_reference else (3, 2))
+    assert loss_b == pytest.approx(loss_a, rel=1e-5, abs=1e-7)
+    for name, grad in grads_a.items():
+        assert torch.allclose(grads_b[name], grad, atol=1e-6), name

@@ -69,20 +69,19 @@ class GRPOUpdate(OnlineRLUpdate):
         advantages = group_advantages(rewards.view(len(chosen), group), cfg.normalize_advantage)
         advantages = advantages.flatten().to(policy.device)
         rows = [scored_row(p, o, policy.eos_id) for p, o in zip(prompts, outs)]
-        # The sampling policy's log-probs: the ratio's denominator, fixed before the step.
-        old = sequence_logprobs(policy, rows, micro)
+        # The ratio's denominator is the pre-step policy, which sampled these rows and has not
+        # stepped since. Without dropout its log-probs are the step's own, detached (as TRL
+        # does for one pass over fresh samples); with dropout, a pass in eval mode.
+        old = None if policy.dropout_free else sequence_logprobs(policy, rows, micro)
         ref = None
-        if cfg.beta_kl > 0:
-            ref = (
-                old
-                if state.at_reference
-                else reference_sequence_logprobs(policy, state.reference, rows, micro)
-            )
+        if cfg.beta_kl > 0 and not state.at_reference:
+            ref = reference_sequence_logprobs(policy, state.reference, rows, micro)
 
         def row_loss(logp: torch.Tensor, part: slice) -> torch.Tensor:
-            loss = clipped_terms(logp, old[part], advantages[part], cfg.clip_range)
-            if ref is not None:
-                loss = loss + cfg.beta_kl * k3_terms(logp, ref[part])
+            before = logp.detach() if old is None else old[part]
+            loss = clipped_terms(logp, before, advantages[part], cfg.clip_range)
+            if cfg.beta_kl > 0:  # at the reference, KL(new ‖ pre-step policy)
+                loss = loss + cfg.beta_kl * k3_terms(logp, before if ref is None else ref[part])
             return loss / len(rows)  # the mean over the micro-batch's sequences
 
         return self.backward_rows(rows, row_loss, scale)

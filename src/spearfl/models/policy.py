@@ -188,5 +188,12 @@ class Policy:
         finally:
             set_adapter_state(self.model, current)
 
+    @property
+    def dropout_free(self) -> bool:
+        """No dropout anywhere, so training-mode log-probs equal eval-mode ones (to rounding)."""
+        if getattr(self.model.config, "attention_dropout", 0.0):
+            return False
+        return not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in self.model.modules())
+
     def trainable(self) -> dict[str, torch.nn.Parameter]:
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
