@@ -7,6 +7,9 @@ each SuperNode. Prints the mean round seconds, the mean ``client_ready_seconds``
 ClientApp's train() to the start of the update) and the distinct client pids per device:
 
     PYTHONPATH=src .venv/bin/python benchmarks/device_overhead.py [--rounds 4]
+
+Measured with --rounds 3 on 2 CPU cores shared with another job: plain 30.7 s per round,
+14.4 s ready (3 pids for 3 updates per device); worker 17.3 s per round, 0.06 s ready (1 pid).
 """
 
 from __future__ import annotations
