@@ -2,7 +2,9 @@
 
 Every process gets its own ``FLWR_HOME`` under the test's folder and free ports, so tests do
 not touch ``~/.flwr`` or each other. Processes are started as separate process trees and
-killed (SIGKILL, whole tree) on exit.
+killed (SIGKILL, whole tree) on exit. With ``worker_config`` each SuperNode has a
+``spearfl worker`` beside it (as ``spearfl serve --superlink`` starts one), except the nodes in
+``no_worker``, whose per-message ClientApp processes load the model themselves.
 """
 
 from __future__ import annotations
@@ -65,6 +67,10 @@ class LocalFederation:
     """Extra ``--node-config`` items per node, e.g. ``data-path="/x.jsonl"``."""
     external: dict[int, Callable[[LocalFederation], subprocess.Popen]] = field(default_factory=dict)
     """Nodes the test starts itself (e.g. ``spearfl serve --superlink``), by client id."""
+    worker_config: Path | None = None
+    """The experiment's YAML: each node's ``spearfl worker`` loads its model and data."""
+    no_worker: set[int] = field(default_factory=set)
+    """Nodes on Flower's plain path (no worker) even with ``worker_config``."""
     link_port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
@@ -99,8 +105,33 @@ class LocalFederation:
                     "--ssl-keyfile", str(t["key"])]  # fmt: skip
         return ["--root-certificates", str(self.tls["ca"])]
 
+    def ticket(self, i: int) -> Path:
+        return self.root / f"worker{i}" / "worker.ticket"
+
+    def has_worker(self, i: int) -> bool:
+        return self.worker_config is not None and i not in self.no_worker and i not in self.external
+
+    def start_worker(self, i: int) -> None:
+        self._spawn(
+            f"worker{i}",
+            [sys.executable, "-m", "spearfl.cli.main", "worker", "--ticket", str(self.ticket(i)),
+             str(self.worker_config), "--client-id", str(i)],
+        )  # fmt: skip
+
+    def wait_for_worker(self, i: int, timeout: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ticket(i).is_file():
+            proc = self.procs[f"worker{i}"]
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker{i} exited: {self.log(f'worker{i}')[-2000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"worker{i} not ready: {self.log(f'worker{i}')[-2000:]}")
+            time.sleep(0.2)
+
     def start_node(self, i: int) -> None:
         items = f"partition-id={i} num-partitions={self.num_nodes} {self.node_config.get(i, '')}"
+        if self.has_worker(i):
+            items += f' worker="{self.ticket(i)}"'
         self._spawn(
             f"supernode{i}",
             [
@@ -134,6 +165,11 @@ class LocalFederation:
             ],  # fmt: skip
         )
         self.write_cli_config()
+        workers = [i for i in range(self.num_nodes) if self.has_worker(i)]
+        for i in workers:  # all loading at once
+            self.start_worker(i)
+        for i in workers:
+            self.wait_for_worker(i, timeout)
         for i in range(self.num_nodes):
             if i in self.external:
                 self.procs[f"supernode{i}"] = self.external[i](self)

@@ -75,6 +75,43 @@ def local_send(cfg, faults=None, crash_at: int | None = None, log: list | None =
     return send
 
 
+def save_tiny_llama(folder: Path) -> Path:
+    """A tiny randomly initialised Llama (width 32, 2 layers, fixed seed) with the embedded
+    model's tokenizer and chat template, saved in ``folder``.
+
+    Its tokenizer has a chat template, so prompts use it as for the real model (the folder's
+    name plays no part in that choice).
+    """
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from spearfl.models.loading import embedded_model_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=64,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    try:
+        model = LlamaForCausalLM(config)
+    finally:
+        torch.random.set_rng_state(state)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def tiny_run_overrides(model_dir: Path, run_dir: Path, *extra: str) -> list[str]:
     """A 2-round, 3-client SPEAR run of the tiny model on the embedded task, in seconds."""
     return [

@@ -1,6 +1,7 @@
 """The same ServerApp/ClientApp on Flower's deployment engine: a SuperLink and SuperNodes as
-separate processes on 127.0.0.1, driven by ``flwr run``, with and without TLS, and a SuperNode
-killed mid-round."""
+separate processes on 127.0.0.1, driven by ``flwr run``, with and without TLS, with device
+workers (the documented path) and without (Flower's plain path), and a SuperNode killed
+mid-round."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from flower_cluster import LocalFederation, free_port, make_tls_files
 from helpers import tiny_run_overrides
 from spearfl.config import ConfigError, load_config, save_config
 from spearfl.federation.checkpoint import load_checkpoint
+from spearfl.federation.device_link import TICKET_FILE, read_ticket
 from spearfl.federation.server import select_clients
 from spearfl.federation.server_app import settings_from_run_config
 from spearfl.reporting.history import read_history
@@ -83,10 +85,17 @@ def test_two_rounds_over_tls_on_a_superlink_and_three_supernodes(tiny_model_dir,
 
     tls = make_tls_files(tmp_path / "certs")
     cfg_file, run_dir = _deployment_config(tiny_model_dir, tmp_path)
-    with LocalFederation(tmp_path / "federation", num_nodes=3, tls=tls) as fed:
+    fed = LocalFederation(tmp_path / "federation", num_nodes=3, tls=tls, worker_config=cfg_file)
+    with fed:
         _run_to_completion(fed, tmp_path, cfg_file, run_dir)
         assert "https://127.0.0.1" in fed.log("superlink")
+        worker_pids = {i: read_ticket(fed.ticket(i)).pid for i in range(3)}
     deployed = _check_run_dir(run_dir, 2)
+    # Every update came from the node's worker, where the model stayed loaded between rounds.
+    for entry in deployed[1:]:
+        for cid, m in entry["client_metrics"].items():
+            assert m["client_pid"] == worker_pids[int(cid)]
+            assert m["client_ready_seconds"] < 1.0, m["client_ready_seconds"]
 
     # The simulation engine, same config and seed: the same clients, the same updates.
     sim_dir = tmp_path / "simulated"
@@ -128,6 +137,9 @@ def test_a_supernode_killed_in_round_2_of_3(tiny_model_dir, tmp_path):
     assert victim in select_clients(3, 2, 42, 3)  # drawn again: it fails again, not silently
     assert victim not in three["clients"] and three["failures"][0]["client_id"] == victim
     assert json.loads((run_dir / "summary.json").read_text())["rounds_completed"] == 3
+    # Flower's plain path (no worker): a fresh ClientApp process for every message.
+    pids = [m["client_pid"] for e in history[1:] for m in e["client_metrics"].values()]
+    assert len(pids) == 4 and len(set(pids)) == 4
 
 
 def _history(run_dir: Path) -> list[dict]:
@@ -169,7 +181,9 @@ def test_a_device_page_feeding_a_real_federation(tiny_model_dir, tmp_path):
             "--node-port", str(free_port()),
         )  # fmt: skip
 
-    fed = LocalFederation(tmp_path / "federation", num_nodes=2, external={0: device})
+    fed = LocalFederation(
+        tmp_path / "federation", num_nodes=2, external={0: device}, worker_config=cfg_file
+    )
     with fed:
         wait_for_page(url, fed.procs["supernode0"], log)
         verdicts = ["right", "wrong", "right"]
@@ -188,8 +202,11 @@ def test_a_device_page_feeding_a_real_federation(tiny_model_dir, tmp_path):
         assert httpx.get(url + "api/status", timeout=10).json()["waiting_for_training"] == 3
         _run_to_completion(fed, tmp_path, cfg_file, run_dir)
         assert httpx.get(url + "api/status", timeout=10).json()["waiting_for_training"] == 0
+        serve_worker = read_ticket(device_dir / TICKET_FILE).pid  # serve started it
+        node1_worker = read_ticket(fed.ticket(1)).pid
 
     metrics = read_history(run_dir)[1]["client_metrics"]
+    assert (metrics["0"]["client_pid"], metrics["1"]["client_pid"]) == (serve_worker, node1_worker)
     assert (metrics["0"]["wins"], metrics["0"]["losses"], metrics["0"]["n_eff"]) == (2, 1, 2.0)
     assert metrics["1"]["n_eff"] == 0.0  # a device nobody gave feedback to
     store = FeedbackStore.for_device(device_dir)

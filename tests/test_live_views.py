@@ -26,7 +26,7 @@ ENTRY = {
     "client_metrics": {
         "0": {"wins": 3, "losses": 5, "y0_correct": 2, "num_rollouts": 8, "tokens_generated": 120,
               "rollout_seconds": 1.5, "train_seconds": 2.0, "lr": 0.01, "mean_loss": 1.25,
-              "peak_rss_mb": 700.0, "client_id": 0.0, "trained": True},
+              "peak_rss_mb": 700.0, "client_id": 0.0, "client_pid": 4321.0, "trained": True},
         "2": {"wins": 1, "losses": 0, "y0_accuracy": 0.75, "num_rollouts": 4,
               "tokens_generated": 30, "rollout_seconds": 0.5, "train_seconds": 1.0, "lr": 0.01,
               "mean_loss": 0.75, "peak_rss_mb": 720.0, "client_id": 2.0},
@@ -69,6 +69,7 @@ def test_round_scalars_per_round_and_per_client():
     assert scalars["client_0/wins"] == 3.0 and scalars["client_2/y0_accuracy"] == 0.75
     assert scalars["client_0/peak_rss_mb"] == 700.0
     assert "client_0/client_id" not in scalars and "client_0/trained" not in scalars
+    assert "client_0/client_pid" not in scalars  # which process, not a quantity
 
 
 def test_a_resumed_run_does_not_repeat_steps(tmp_path):

@@ -3,8 +3,9 @@
 ``spearfl run [CONFIG] [--set section.key=value ...]``, ``spearfl run --resume RUN_DIR
 [--extend-rounds N]``, ``spearfl compare [CONFIG] --algorithms spear,grpo,... [--set ...]``,
 ``spearfl sweep [CONFIG] --grid section.key=a,b [--seeds 42,43] [--set ...]``,
-``spearfl serve --client-id N [CONFIG]`` (a device's feedback page) and
-``spearfl check [CONFIG] [--set ...]`` (what a run would use, without running it). Every command
+``spearfl serve --client-id N [CONFIG]`` (a device's feedback page),
+``spearfl worker --ticket PATH [CONFIG]`` (a device's model loaded once, beside its SuperNode)
+and ``spearfl check [CONFIG] [--set ...]`` (what a run would use, without running it). Every command
 checks its config before any work and fails with one line (``--debug``: the full traceback).
 A run folder belongs to one run: a folder holding a run is refused unless ``--resume``
 continues it or ``--overwrite`` moves it aside. Ctrl-C or SIGTERM stops a run after its last
@@ -26,6 +27,7 @@ from spearfl.cli.compare import add_parser as add_compare_parser
 from spearfl.cli.options import claim_run_folder, config_source, load_or_report, report_interrupt
 from spearfl.cli.serve import add_parser as add_serve_parser
 from spearfl.cli.sweep import add_parser as add_sweep_parser
+from spearfl.cli.worker import add_parser as add_worker_parser
 from spearfl.config import ConfigError
 from spearfl.federation.interrupt import RunInterrupted
 
@@ -149,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(sub)
     add_sweep_parser(sub)
     add_check_parser(sub)
+    add_worker_parser(sub)
     for command in sub.choices.values():
         command.add_argument(
             "--debug", action="store_true", help="show the full traceback of a failure"

@@ -6,7 +6,9 @@ Three ways to run it:
   simulation engine with ``feedback.provider: human``; each round waits until someone presses
   "Start next round" on the page (or ``--round-every`` seconds pass);
 - ``--superlink HOST:PORT``: the page, and this device's SuperNode (``flower-supernode`` with
-  ``partition-id=N`` and ``device-dir``) joining a real federation;
+  ``partition-id=N`` and ``device-dir``) joining a real federation, with a ``spearfl worker``
+  beside it that keeps the model loaded between rounds (``--no-worker``: every message's
+  ClientApp process loads it, Flower's plain behaviour);
 - ``--page-only``: just the page and its inbox (the SuperNode is started some other way).
 
 Its folder is its own: ``<output_dir>-serve/client-N`` unless ``--output-dir`` says otherwise,
@@ -53,9 +55,14 @@ def _page_server(app, host: str, port: int):
     return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
 
 
-def _supernode_command(args: argparse.Namespace, client_id: int, num_clients: int, device_dir):
+def _supernode_command(
+    args: argparse.Namespace, client_id: int, num_clients: int, device_dir, ticket=None
+):
     exe = shutil.which("flower-supernode") or str(Path(sys.executable).parent / "flower-supernode")
     security = ["--root-certificates", args.root_certificates] if args.root_certificates else []
+    items = f'partition-id={client_id} num-partitions={num_clients} device-dir="{device_dir}"'
+    if ticket is not None:
+        items += f' worker="{ticket}"'
     return [
         exe,
         *(security or ["--insecure"]),
@@ -64,7 +71,7 @@ def _supernode_command(args: argparse.Namespace, client_id: int, num_clients: in
         "--port",
         str(args.node_port),
         "--node-config",
-        f'partition-id={client_id} num-partitions={num_clients} device-dir="{device_dir}"',
+        items,
     ]
 
 
@@ -198,24 +205,95 @@ def _serve(
         page.join(timeout=10)
 
 
+def _worker_command(args: argparse.Namespace, ticket: Path) -> list[str]:
+    """``spearfl worker`` with this command's config and settings (the model the page uses)."""
+    sets = [item for s in [*(args.set or []), "feedback.provider=human"] for item in ("--set", s)]
+    config = [args.config] if args.config else []
+    ids = ["--client-id", str(args.client_id)]
+    return [
+        sys.executable,
+        "-m",
+        "spearfl.cli.main",
+        "worker",
+        "--ticket",
+        str(ticket),
+        *config,
+        *sets,
+        *ids,
+    ]
+
+
+def _stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _start_worker(
+    args: argparse.Namespace, device_dir: Path, stop: threading.Event
+) -> tuple[subprocess.Popen, Path] | None:
+    """The device's worker, once its ticket says it is ready; None if it ended first or a
+    signal came (it is then stopped)."""
+    from spearfl.federation.device_link import TICKET_FILE
+
+    ticket = device_dir / TICKET_FILE
+    ticket.unlink(missing_ok=True)  # a ticket left by a worker that was killed
+    worker = subprocess.Popen(_worker_command(args, ticket))
+    print(f"loading the model in the device worker (pid {worker.pid})...", flush=True)
+    _wait_until_stopped(stop, lambda: ticket.is_file() or worker.poll() is not None)
+    if ticket.is_file() and worker.poll() is None and not stop.is_set():
+        return worker, ticket
+    _stop_process(worker)
+    if not stop.is_set():
+        print(
+            f"spearfl: the device worker exited ({worker.returncode}) before it was ready",
+            file=sys.stderr,
+        )
+    return None
+
+
 def _supernode(
     args: argparse.Namespace, cfg: Config, device_dir: Path, stop: threading.Event
 ) -> int:
-    """This device's SuperNode, until it ends or a signal stops it (and then it is stopped)."""
-    node = subprocess.Popen(
-        _supernode_command(args, args.client_id, cfg.data.num_clients, device_dir),
-        env=_supernode_env(),
-    )
+    """This device's SuperNode (and its worker), until it ends or a signal stops it (and then
+    both are stopped)."""
+    worker, ticket = None, None
+    if not args.no_worker:
+        started = _start_worker(args, device_dir, stop)
+        if started is None:
+            return 0 if stop.is_set() else 1
+        worker, ticket = started
+
+    def worker_ended() -> bool:
+        return worker is not None and worker.poll() is not None
+
     try:
-        _wait_until_stopped(stop, lambda: node.poll() is not None)
+        node = subprocess.Popen(
+            _supernode_command(args, args.client_id, cfg.data.num_clients, device_dir, ticket),
+            env=_supernode_env(),
+        )
+        try:
+            _wait_until_stopped(stop, lambda: node.poll() is not None or worker_ended())
+            lost_worker = worker_ended() and node.poll() is None
+        finally:
+            _stop_process(node)
     finally:
-        if node.poll() is None:
-            node.terminate()
-            try:
-                node.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                node.kill()
-    return 0 if stop.is_set() else int(node.wait())
+        if worker is not None:
+            _stop_process(worker)
+    if stop.is_set():
+        return 0
+    if lost_worker:
+        print(
+            f"spearfl: the device worker exited ({worker.returncode}); the SuperNode is "
+            "stopped too",
+            file=sys.stderr,
+        )
+        return 1
+    return int(node.returncode)
 
 
 def _federate(
@@ -285,5 +363,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--root-certificates", help="CA certificate for a TLS SuperLink")
     serve.add_argument(
         "--node-port", type=int, default=9094, help="the SuperNode's local port (--superlink)"
+    )
+    serve.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="--superlink without a device worker: each of Flower's per-message ClientApp "
+        "processes loads the model itself",
     )
     serve.set_defaults(func=run_serve)

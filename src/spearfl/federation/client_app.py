@@ -3,22 +3,29 @@
 A ``query`` message asks which client (data partition) this node is, so the server can sample
 clients by id reproducibly; a ``train`` message carries the global adapter, the round number and
 the run's configuration, and the reply carries the new adapter, ``n_eff`` and the metrics.
+
+With ``worker="TICKET"`` in the node config the train message goes to the device's
+long-lived ``spearfl worker`` (``device_link``), which keeps the model loaded across the fresh
+ClientApp processes Flower's deployment engine starts for each message.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch  # flwr converts ArrayRecords only when torch is already imported
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from spearfl.config import config_from_json
-from spearfl.federation.checkpoint import Checkpoint, save_checkpoint
-from spearfl.federation.memory import peak_gpu_mb, peak_rss_mb, reset_gpu_peak
-from spearfl.federation.worker import ClientWorker
+from spearfl.federation.device_link import WORKER_KEY, delegate_train
 from spearfl.hub import apply_hf_settings
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +62,19 @@ def identify(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    """One round's update, here or, with ``worker`` in the node config (a ticket), in the
+    device's long-lived worker; only this path imports torch and the model code (a
+    deployment ClientApp process that delegates stays light)."""
+    ticket = context.node_config.get(WORKER_KEY)
+    if ticket:
+        return delegate_train(msg, context.node_config, Path(str(ticket)))
     started = time.perf_counter()
+    import torch  # noqa: F401 - flwr converts ArrayRecords only when torch is imported
+
+    from spearfl.federation.checkpoint import Checkpoint, save_checkpoint
+    from spearfl.federation.memory import peak_gpu_mb, peak_rss_mb, reset_gpu_peak
+    from spearfl.federation.worker import ClientWorker
+
     settings = msg.content[CONFIG]
     cfg = config_from_json(str(settings["json"]))
     apply_hf_settings(cfg.hf)  # a deployment ClientApp process imported the Hub libraries already
@@ -70,10 +89,13 @@ def train(msg: Message, context: Context) -> Message:
         save_checkpoint(device_dir, Checkpoint(round_num - 1, adapter))
     device = worker.policy.device
     reset_gpu_peak(device)  # this round's high-water mark, not the process's
+    ready = time.perf_counter() - started  # imports, model and data loading: none when cached
     result = worker.train(adapter, round_num, client_id, device_dir)
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
     metrics["n_eff"] = float(result.n_eff)
     metrics["client_seconds"] = time.perf_counter() - started
+    metrics["client_ready_seconds"] = ready
+    metrics["client_pid"] = float(os.getpid())
     metrics["client_id"] = float(client_id)
     state = {k: v.detach().to("cpu").contiguous() for k, v in result.adapter.items()}
     metrics["adapter_bytes"] = float(tensor_bytes(state))

@@ -110,6 +110,7 @@ def round_scalars(entry: Mapping[str, Any]) -> dict[str, float]:
         if isinstance(values, Mapping):
             own = _numbers(values)
             own.pop("client_id", None)
+            own.pop("client_pid", None)  # which process trained: not a quantity to plot
             scalars.update({f"client_{client}/{k}": v for k, v in own.items()})
     return scalars
 
