@@ -8,6 +8,7 @@ the run's configuration, and the reply carries the new adapter, ``n_eff`` and th
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import torch  # flwr converts ArrayRecords only when torch is already imported
@@ -16,7 +17,7 @@ from flwr.clientapp import ClientApp
 
 from spearfl.config import config_from_json
 from spearfl.federation.checkpoint import Checkpoint, save_checkpoint
-from spearfl.federation.memory import peak_gpu_mb, peak_rss_mb, reset_gpu_peak
+from spearfl.federation.memory import peak_gpu_mb, peak_rss_mb, reset_gpu_peak, rss_mb
 from spearfl.federation.worker import ClientWorker
 from spearfl.hub import apply_hf_settings
 
@@ -78,6 +79,10 @@ def train(msg: Message, context: Context) -> Message:
     state = {k: v.detach().to("cpu").contiguous() for k, v in result.adapter.items()}
     metrics["adapter_bytes"] = float(tensor_bytes(state))
     metrics["peak_rss_mb"] = peak_rss_mb()
+    current_mb = rss_mb()
+    if current_mb is not None:
+        metrics["rss_mb"] = current_mb
+    metrics["client_pid"] = float(os.getpid())
     gpu_mb = peak_gpu_mb(device)
     if gpu_mb is not None:
         metrics["peak_gpu_mb"] = gpu_mb
