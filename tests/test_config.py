@@ -273,6 +273,27 @@ def test_out_of_range_values() -> None:
     assert load_config(None, ["grpo.reward_clip=null"]).grpo.reward_clip is None
 
 
+@pytest.mark.parametrize(
+    ("eval_every", "up_to", "rounds"),
+    [
+        (0, 0, [9]),
+        (1, 0, [1, 2, 3, 4, 5, 6, 7, 8, 9]),
+        (4, 0, [4, 8, 9]),
+        (0, 2, [1, 2, 9]),
+    ],
+)
+def test_evaluated_rounds(eval_every: int, up_to: int, rounds: list[int]) -> None:
+    """``data.eval_every: 0`` evaluates only the last round (round 0 always is)."""
+    from spearfl.federation.server import should_evaluate
+
+    cfg = load_config(
+        None,
+        ["fl.rounds=9", f"data.eval_every={eval_every}", f"data.eval_every_round_up_to={up_to}"],
+    )
+    assert [r for r in range(1, 10) if should_evaluate(cfg, r)] == rounds
+    assert "data.eval_every must be >= 0, got -1" in _error(["data.eval_every=-1"])
+
+
 def test_choice_errors() -> None:
     message = _error(["algorithm.name=ppo"])
     assert "algorithm.name" in message and "'ppo'" in message

@@ -26,14 +26,18 @@ ENTRY = {
     "client_metrics": {
         "0": {"wins": 3, "losses": 5, "y0_correct": 2, "num_rollouts": 8, "tokens_generated": 120,
               "rollout_seconds": 1.5, "train_seconds": 2.0, "lr": 0.01, "mean_loss": 1.25,
-              "peak_rss_mb": 700.0, "client_id": 0.0, "client_pid": 4321.0, "trained": True},
+              "peak_rss_mb": 700.0, "rss_mb": 650.0, "client_id": 0.0, "client_pid": 4242.0,
+              "trained": True},
         "2": {"wins": 1, "losses": 0, "y0_accuracy": 0.75, "num_rollouts": 4,
               "tokens_generated": 30, "rollout_seconds": 0.5, "train_seconds": 1.0, "lr": 0.01,
-              "mean_loss": 0.75, "peak_rss_mb": 720.0, "client_id": 2.0},
+              "mean_loss": 0.75, "peak_rss_mb": 720.0, "rss_mb": 610.0, "client_id": 2.0},
     },
     "eval": {"accuracy": 0.375, "valid_rate": 0.5, "n": 16, "method": "option_text",
              "correct": [1, 0], "by_position": {"0": 0.5}, "seconds": 2.5},
     "seconds": 9.0,
+    "server_rss_mb": 800.0,
+    "server_rss_after_eval_mb": 812.5,
+    "server_peak_rss_mb": 830.0,
 }  # fmt: skip
 
 
@@ -49,7 +53,7 @@ def _series(events: EventAccumulator, tag: str) -> list[tuple[int, float]]:
 
 def test_round_scalars_per_round_and_per_client():
     scalars = round_scalars(ENTRY)
-    assert {k: v for k, v in scalars.items() if k.startswith(("eval/", "round/"))} == {
+    assert {k: v for k, v in scalars.items() if not k.startswith("client_")} == {
         "eval/accuracy": 0.375,
         "eval/valid_rate": 0.5,
         "eval/n": 16.0,
@@ -63,13 +67,17 @@ def test_round_scalars_per_round_and_per_client():
         "round/lr": 0.01,
         "round/mean_loss": 1.0,
         "round/peak_rss_mb": 720.0,
+        "round/rss_mb": 650.0,
         "round/first_answer_accuracy": 5 / 12,  # 2 of 8, and 0.75 of 4
         "round/seconds": 9.0,
+        "server/rss_mb": 800.0,
+        "server/rss_after_eval_mb": 812.5,
+        "server/peak_rss_mb": 830.0,
     }
     assert scalars["client_0/wins"] == 3.0 and scalars["client_2/y0_accuracy"] == 0.75
-    assert scalars["client_0/peak_rss_mb"] == 700.0
+    assert scalars["client_0/peak_rss_mb"] == 700.0 and scalars["client_2/rss_mb"] == 610.0
     assert "client_0/client_id" not in scalars and "client_0/trained" not in scalars
-    assert "client_0/client_pid" not in scalars  # which process, not a quantity
+    assert "client_0/client_pid" not in scalars
 
 
 def test_a_resumed_run_does_not_repeat_steps(tmp_path):

@@ -150,7 +150,7 @@ class DataConfig(_Section, section="data"):
     dirichlet_num_classes: int | None = _f(None, ge=2)
     max_examples_per_client: int = _f(500, ge=1)
     seed: int = 42
-    eval_every: int = _f(5, ge=1)
+    eval_every: int = _f(5, ge=0)  # 0: only round 0 and the last round
     eval_every_round_up_to: int = _f(0, ge=0)
     max_eval_examples: int | None = _f(None, ge=1)
     min_examples_per_client: int = _f(10, ge=1)

@@ -72,7 +72,7 @@ def train(msg: Message, context: Context) -> Message:
     import torch  # noqa: F401 - flwr converts ArrayRecords only when torch is imported
 
     from spearfl.federation.checkpoint import Checkpoint, save_checkpoint
-    from spearfl.federation.memory import peak_gpu_mb, peak_rss_mb, reset_gpu_peak
+    from spearfl.federation.memory import peak_gpu_mb, peak_rss_mb, reset_gpu_peak, rss_mb
     from spearfl.federation.worker import ClientWorker
 
     settings = msg.content[CONFIG]
@@ -100,6 +100,9 @@ def train(msg: Message, context: Context) -> Message:
     state = {k: v.detach().to("cpu").contiguous() for k, v in result.adapter.items()}
     metrics["adapter_bytes"] = float(tensor_bytes(state))
     metrics["peak_rss_mb"] = peak_rss_mb()
+    current_mb = rss_mb()
+    if current_mb is not None:
+        metrics["rss_mb"] = current_mb
     gpu_mb = peak_gpu_mb(device)
     if gpu_mb is not None:
         metrics["peak_gpu_mb"] = gpu_mb

@@ -1,4 +1,6 @@
-"""Peak memory of a client process, host and GPU, as its round metrics report them.
+"""Memory of a process, host and GPU, as a client's round metrics and the server's history
+report it: the peak so far and, on Linux, what is resident now (a peak never falls, so only the
+current figure shows whether memory comes back after a round).
 
 No Flower import here: ``benchmarks/gpu_check.py`` measures with the same functions on machines
 without Flower.
@@ -6,6 +8,7 @@ without Flower.
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 
@@ -18,6 +21,17 @@ def peak_rss_mb() -> float:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports kilobytes, macOS bytes.
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def rss_mb() -> float | None:
+    """Resident memory of this process now, in MB, from ``/proc/self/statm`` (its second field
+    is resident pages); None where there is no such file (not Linux)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as handle:
+            resident_pages = int(handle.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def reset_gpu_peak(device: torch.device) -> None:

@@ -37,6 +37,7 @@ from spearfl.federation.checkpoint import (
     save_checkpoint,
 )
 from spearfl.federation.interrupt import RunInterrupted
+from spearfl.federation.memory import peak_rss_mb, rss_mb
 from spearfl.federation.partition import partition_summary
 from spearfl.federation.validation import rejection_reason
 from spearfl.federation.worker import shared_policy, shared_task_data
@@ -66,12 +67,24 @@ def select_clients(num_clients: int, per_round: int, seed: int, round_num: int) 
 
 
 def should_evaluate(cfg: Config, round_num: int) -> bool:
+    """Whether round ``round_num`` (>= 1) is evaluated: the last round, every
+    ``data.eval_every``-th round (0: none but the last) and the rounds up to
+    ``data.eval_every_round_up_to``. Round 0 always is (``FederatedServer.start``)."""
     d = cfg.data
     return (
         round_num == cfg.fl.rounds
-        or round_num % d.eval_every == 0
+        or (d.eval_every > 0 and round_num % d.eval_every == 0)
         or round_num <= d.eval_every_round_up_to
     )
+
+
+def record_memory(entry: dict[str, Any], key: str) -> None:
+    """Put the server's resident memory now under ``key`` (absent off Linux) and its peak so
+    far under ``server_peak_rss_mb``: a run's history then shows whether the server grows."""
+    current = rss_mb()
+    if current is not None:
+        entry[key] = round(current, 1)
+    entry["server_peak_rss_mb"] = round(peak_rss_mb(), 1)
 
 
 class RoundObserver:
@@ -298,6 +311,7 @@ class FederatedServer:
         )
         write_eval_questions(self.run_dir, [ex.uid for ex in self.evaluator.examples])
         entry0 = {"round": 0, "clients": [], "client_metrics": {}, "eval": self.evaluate(0)}
+        record_memory(entry0, "server_rss_after_eval_mb")
         self.check_stop()
         writer.append(entry0)
         self.save("round_0000")
@@ -355,8 +369,10 @@ class FederatedServer:
                 entry["rejected"] = [f.record() for f in outcome.rejected]
                 entry["attempts"] = outcome.attempts
                 entry["aggregated"] = weighted
+            record_memory(entry, "server_rss_mb")
             if should_evaluate(self.cfg, r):
                 entry["eval"] = self.evaluate(r)
+                record_memory(entry, "server_rss_after_eval_mb")
                 self.save(f"round_{r:04d}")
             entry["seconds"] = round(time.perf_counter() - t0, 2)
             self.check_stop()  # the last moment a stop drops this round

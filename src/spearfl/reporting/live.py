@@ -6,7 +6,10 @@ round's history entry to its observer, and these turn the entry into scalars (st
 - ``eval/<name>``: every number of the round's evaluation (accuracy, option accuracy, valid
   rate, seconds, ...);
 - ``round/<name>``: the round over its clients: sums of counts, tokens and seconds, the share
-  of right first answers, means of learning rate and losses, the largest peak memory;
+  of right first answers, means of learning rate and losses, the largest peak and current
+  memory;
+- ``server/<name>``: the server process's memory (``rss_mb`` after aggregation,
+  ``rss_after_eval_mb``, ``peak_rss_mb``);
 - ``client_<id>/<name>``: every number a client reported.
 
 The history entry is what is logged, so TensorBoard shows exactly what ``history.jsonl`` holds.
@@ -60,7 +63,8 @@ ROUND_SUMS = (
     "revisions_successful",
 )
 ROUND_MEANS = ("lr", "mean_loss", "mean_win_loss", "mean_lose_loss")
-ROUND_MAXIMA = ("peak_rss_mb",)
+ROUND_MAXIMA = ("peak_rss_mb", "rss_mb")
+SERVER_MEMORY = ("server_rss_mb", "server_rss_after_eval_mb", "server_peak_rss_mb")
 
 
 def _number(value: Any) -> float | None:
@@ -106,11 +110,15 @@ def round_scalars(entry: Mapping[str, Any]) -> dict[str, float]:
     seconds = _number(entry.get("seconds"))
     if seconds is not None:
         scalars["round/seconds"] = seconds
+    for key in SERVER_MEMORY:
+        value = _number(entry.get(key))
+        if value is not None:
+            scalars[f"server/{key.removeprefix('server_')}"] = value
     for client, values in metrics.items():
         if isinstance(values, Mapping):
             own = _numbers(values)
             own.pop("client_id", None)
-            own.pop("client_pid", None)  # which process trained: not a quantity to plot
+            own.pop("client_pid", None)  # which process served it: a label, not a measure
             scalars.update({f"client_{client}/{k}": v for k, v in own.items()})
     return scalars
 
