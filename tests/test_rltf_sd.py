@@ -531,5 +531,7 @@ def test_micro_step_loss_and_gradient_equal_the_definition(tiny_model_dir, parit
     assert abs(float(expected.detach())) > 1e-3
     assert loss == pytest.approx(float(expected.detach()), rel=1e-5)
     for got, hand in zip(grads, want, strict=True):
-        assert torch.allclose(got, hand, rtol=1e-4, atol=1e-6)
+        # float32 rounding of batched against one-row passes: ~1e-5 of the tensor's scale
+        scale = float(hand.abs().max())
+        assert torch.allclose(got, hand, rtol=1e-4, atol=2e-5 * scale)
     assert any(float(w.abs().max()) > 0 for w in grads)
