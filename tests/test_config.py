@@ -291,7 +291,9 @@ def test_evaluated_rounds(eval_every: int, up_to: int, rounds: list[int]) -> Non
         ["fl.rounds=9", f"data.eval_every={eval_every}", f"data.eval_every_round_up_to={up_to}"],
     )
     assert [r for r in range(1, 10) if should_evaluate(cfg, r)] == rounds
-    assert "data.eval_every must be >= 0, got -1" in _error(["data.eval_every=-1"])
+    assert _error(["data.eval_every=-1"]) == (
+        "data.eval_every must be >= 0, got -1 (in --set data.eval_every=-1)"
+    )
 
 
 def test_choice_errors() -> None:

@@ -60,7 +60,7 @@ def test_round_two_figures_equal_a_real_runs(tmp_path):
     assert [e["round"] for e in history] == [0, 1, 2]
     assert [e["eval"] is not None for e in history] == [True, False, True]  # eval_every 0
     # the aggregate of round 1 differs from the initial adapter only if some client trained
-    assert sum(m["wins"] for m in history[1]["client_metrics"].values()) > 0
+    assert sum(m["wins"] for m in history[1]["client_metrics"].values()) == 2  # seeded updates
 
     forget_policy()  # the benchmark starts from the same freshly initialised adapter
     measured = _round_cost().measure(cfg)
@@ -87,4 +87,8 @@ def test_round_two_figures_equal_a_real_runs(tmp_path):
     assert rounds[0]["tokens_generated"] == sum(
         m["tokens_generated"] for m in history[1]["client_metrics"].values()
     )
-    assert measured["summary"]["peak_rss_mb"] >= rounds[-1]["rss_mb"] > 0
+    # the process's high-water mark: reached by the last round's evaluation, reported as is
+    assert (
+        rounds[0]["peak_rss_mb"] <= rounds[1]["peak_rss_mb"] == measured["summary"]["peak_rss_mb"]
+    )
+    assert rounds[1]["rss_mb"] <= rounds[1]["peak_rss_mb"]
