@@ -224,6 +224,19 @@ def test_grpo_update_one_round(tiny_model_dir, parity):
     assert not policy.model.training
 
 
+def _one_step_state(cfg, policy, task, examples, reference, micro_index: int) -> RoundState:
+    """A round state for one micro-step; ``micro_index`` 1 is past the first optimiser step,
+    so the reference swap runs."""
+    return RoundState(
+        examples=examples,
+        reference=reference,
+        generator=Generator(policy, sampling_settings(cfg.gen), task),
+        rng=random.Random(0),
+        accum=1,
+        micro_index=micro_index,
+    )
+
+
 @pytest.mark.slow
 def test_grpo_micro_batches_give_the_same_gradient(tiny_model_dir, parity):
     """``optim.micro_batch_size`` splits the forward pass without changing the loss."""
@@ -239,14 +252,7 @@ def test_grpo_micro_batches_give_the_same_gradient(tiny_model_dir, parity):
         # a non-zero B so every LoRA tensor gets a gradient
         policy.set_adapter({k: v + 0.1 for k, v in reference.items()})
         algo = GRPOUpdate(cfg, policy, task, OracleFeedback(task))
-        state = RoundState(
-            examples=examples,
-            reference=reference,
-            generator=Generator(policy, sampling_settings(cfg.gen), task),
-            rng=random.Random(0),
-            accum=1,
-            micro_index=1,  # past the first step: the reference swap runs
-        )
+        state = _one_step_state(cfg, policy, task, examples, reference, micro_index=1)
         torch.manual_seed(0)
         losses.append(algo.micro_step(state, 1.0))
         grads.append({n: p.grad.clone() for n, p in policy.trainable().items()})
@@ -285,13 +291,8 @@ def test_without_dropout_the_step_scores_its_samples_once(
             return scoring(model, batch)
 
         monkeypatch.setattr(policy_gradient, "completion_logprobs", counted)
-        state = RoundState(
-            examples=examples,
-            reference=reference,
-            generator=Generator(policy, sampling_settings(cfg.gen), task),
-            rng=random.Random(0),
-            accum=1,
-            micro_index=0 if at_reference else 1,
+        state = _one_step_state(
+            cfg, policy, task, examples, reference, micro_index=0 if at_reference else 1
         )
         torch.manual_seed(0)
         loss = GRPOUpdate(cfg, policy, task, OracleFeedback(task)).micro_step(state, 1.0)
