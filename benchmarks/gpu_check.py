@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from spearfl.algorithms.base import RoundContext
-from spearfl.algorithms.registry import ALGORITHMS, build_algorithm
+from spearfl.algorithms.registry import algorithm_names, build_algorithm
 from spearfl.config import Config, load_config
 from spearfl.evaluation.evaluator import Evaluator
 from spearfl.federation.memory import peak_gpu_mb, peak_rss_mb, reset_gpu_peak
@@ -162,7 +162,7 @@ def main() -> int:
     parser.add_argument("--llama-tokenizer", help="tokenizer.model (default: the package's)")
     parser.add_argument("--families", nargs="*", choices=FAMILIES, default=list(FAMILIES))
     parser.add_argument(
-        "--algorithms", nargs="*", choices=list(ALGORITHMS), default=list(ALGORITHMS)
+        "--algorithms", nargs="*", choices=algorithm_names(), default=algorithm_names()
     )
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -6,24 +6,29 @@ import json
 
 import pytest
 
+from spearfl.algorithms.base import ClientMetrics
+from spearfl.algorithms.registry import algorithm_names
 from spearfl.config import load_config
 
-ALGORITHMS = ["spear", "feedback_sft", "grpo", "opsd", "rltf_sd"]
+EXPECTED_N_EFF = {  # each algorithm's FedAvg weight, from what the client reported
+    # the wins when trained, else the rollouts
+    "spear": lambda m, size: max(1.0, m["wins"]) if m["trained"] else m["num_rollouts"],
+    "feedback_sft": lambda m, size: max(1.0, m["wins"]) if m["trained"] else m["num_rollouts"],
+    # every example could have been drawn: the client's dataset size
+    "grpo": lambda m, size: float(size),
+    # non-empty answers; the tiny model's 3-token answers all are
+    "opsd": lambda m, size: m["num_rollouts"],
+    # 4 rollout steps / N = 2 -> 2 prompts x 2 samples = 4 traces
+    "rltf_sd": lambda m, size: 4.0,
+}
 
 
-def expected_n_eff(name: str, metrics: dict, client_examples: int) -> float:
-    """Each algorithm's FedAvg weight, from what the client reported."""
-    if name in ("spear", "feedback_sft"):  # the wins when trained, else the rollouts
-        return max(1.0, metrics["wins"]) if metrics["trained"] else metrics["num_rollouts"]
-    if name == "grpo":  # every example could have been drawn: the client's dataset size
-        return float(client_examples)
-    if name == "opsd":  # non-empty answers; the tiny model's 3-token answers all are
-        return metrics["num_rollouts"]
-    return 4.0  # rltf_sd: 4 rollout steps / N = 2 -> 2 prompts x 2 samples = 4 traces
+def test_every_registered_algorithm_has_its_expected_weight_here():
+    assert sorted(EXPECTED_N_EFF) == sorted(algorithm_names())
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("name", algorithm_names())
 def test_one_round_of_each_algorithm(name, tiny_model_dir, tmp_path):
     from spearfl.federation.simulation import simulate
 
@@ -60,9 +65,10 @@ def test_one_round_of_each_algorithm(name, tiny_model_dir, tmp_path):
     assert sorted(round_one["clients"]) == [0, 1]
     sizes = json.loads((run_dir / "partition.json").read_text())["sizes"]
     for client, metrics in round_one["client_metrics"].items():
+        assert set(ClientMetrics.COMMON) <= set(metrics)
         assert metrics["tokens_generated"] > 0
         assert metrics["rollout_seconds"] > 0
-        assert metrics["n_eff"] == expected_n_eff(name, metrics, sizes[int(client)]), client
+        assert metrics["n_eff"] == EXPECTED_N_EFF[name](metrics, sizes[int(client)]), client
         if name == "rltf_sd":
             assert metrics["rollout_prompts"] == 2
         assert metrics["peak_rss_mb"] > 0

@@ -14,7 +14,7 @@ from spearfl.algorithms.base import RoundContext
 from spearfl.algorithms.feedback_sft import FeedbackSFTUpdate
 from spearfl.algorithms.losses import distill_kl
 from spearfl.algorithms.opsd import OPSDUpdate, with_reference
-from spearfl.algorithms.registry import ALGORITHMS
+from spearfl.algorithms.registry import algorithm_spec
 from spearfl.algorithms.rollout import RolloutResult, Trace
 from spearfl.algorithms.spear import LossWeights, SpearUpdate
 from spearfl.config import load_config
@@ -31,8 +31,8 @@ ORACLE = OracleFeedback(TASK)
 
 
 def test_registry_knows_both_baselines():
-    assert ALGORITHMS["feedback_sft"] is FeedbackSFTUpdate
-    assert ALGORITHMS["opsd"] is OPSDUpdate
+    assert algorithm_spec("feedback_sft").update is FeedbackSFTUpdate
+    assert algorithm_spec("opsd").update is OPSDUpdate
 
 
 # ------------------------------------------------------------------ OPSD's KL
@@ -183,7 +183,14 @@ def scripted(policy) -> RolloutResult:
     wrong = [next(o for o in ex.options if o != ex.gold) for ex in examples]
     losses = [trace(examples[1], wrong[1], 1.0), trace(examples[2], wrong[2], 0.5)]
     losses.append(trace(examples[3], wrong[3], 0.5))
-    stats = {"num_rollouts": 4, "y0_correct": 1, "y0_valid": 4, "tokens_generated": 17}
+    stats = {
+        "num_rollouts": 4,
+        "y0_correct": 1,
+        "y0_valid": 4,
+        "tokens_generated": 17,
+        "completions_generated": 6,
+        "rollout_seconds": 0.5,
+    }
     return RolloutResult(wins, losses, stats)
 
 

@@ -16,6 +16,7 @@ from spearfl.reporting.comparison import (
     COMPARISON_MD,
     COMPARISON_PNG,
     TABLE_COLUMNS,
+    Pair,
     load_run,
     per_round_table,
     ratio_line,
@@ -25,6 +26,7 @@ from spearfl.reporting.comparison import (
 from spearfl.reporting.history import HistoryWriter, write_summary
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SPEAR_GRPO = Pair("spear", "grpo")
 
 
 def _client(
@@ -116,7 +118,7 @@ def test_load_run_sums_client_costs_and_tracks_cumulative_tokens(tmp_path):
 
 def test_table_and_ratio_line_from_two_runs(tmp_path):
     runs = {"spear": _spear(tmp_path / "spear"), "grpo": _grpo(tmp_path / "grpo")}
-    md, png = write_comparison(runs, tmp_path, note="Config: test.")
+    md, png = write_comparison(runs, tmp_path, note="Config: test.", pair=SPEAR_GRPO)
     assert md == tmp_path / COMPARISON_MD and png == tmp_path / COMPARISON_PNG
     assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 5000
 
@@ -142,12 +144,17 @@ def test_table_and_ratio_line_from_two_runs(tmp_path):
         "35.5", "23.5", "120.0", "1,000", "2,000",
     ]  # fmt: skip
     expected_ratio = (
-        "SPEAR vs GRPO: tokens per round 0.25× (400 vs 1,600); "
+        "spear vs grpo: tokens per round 0.25× (400 vs 1,600); "
         "completions per round 0.25× (100 vs 400); "
         "final accuracy +0.050 (0.600 vs 0.550); "
         "peak client memory 0.82× (820 vs 1,000 MB)."
     )
-    assert ratio_line(stats) == expected_ratio
+    assert ratio_line(stats, SPEAR_GRPO) == expected_ratio
+    # the pair is a choice, not a name: the other way round, the ratios invert
+    assert ratio_line(stats, Pair("grpo", "spear")).startswith(
+        "grpo vs spear: tokens per round 4.00× (1,600 vs 400); "
+        "completions per round 4.00× (400 vs 100); final accuracy -0.050 (0.550 vs 0.600)"
+    )
 
     text = md.read_text(encoding="utf-8")
     assert "Config: test." in text
@@ -168,7 +175,7 @@ def test_per_round_table_pairs_rounds_and_first_answer_accuracy(tmp_path):
         (2, 500, 4, 8),
         (3, 300, 6, 8),
     ]
-    assert per_round_table(stats) == [
+    assert per_round_table(stats, SPEAR_GRPO) == [
         "| round | spear tokens | spear first right | grpo tokens | grpo first right "
         "| spear/grpo tokens |",
         "|---:|---:|---:|---:|---:|---:|",
@@ -176,18 +183,20 @@ def test_per_round_table_pairs_rounds_and_first_answer_accuracy(tmp_path):
         "| 2 | 500 | 50% | 1,600 | 31% | 0.31 |",  # 4/8 and 20/64
         "| 3 | 300 | 75% | 1,600 | 50% | 0.19 |",  # 6/8 and 32/64
     ]
-    md, _ = write_comparison(runs, tmp_path)
+    md, _ = write_comparison(runs, tmp_path, pair=SPEAR_GRPO)
     assert "| 2 | 500 | 50% | 1,600 | 31% | 0.31 |" in md.read_text(encoding="utf-8")
-    # without GRPO there is no ratio column; a round with no clients gets no row
+    # without the pair's baseline, or without a pair, there is no ratio column; a round with no
+    # clients gets no row
     (solo,) = [load_run("spear", runs["spear"])]
-    assert per_round_table([solo])[0] == "| round | spear tokens | spear first right |"
-    assert len(per_round_table([solo])) == 5
+    assert per_round_table([solo], SPEAR_GRPO)[0] == "| round | spear tokens | spear first right |"
+    assert len(per_round_table([solo], SPEAR_GRPO)) == 5
+    assert per_round_table(stats)[0].endswith("| grpo first right |")
 
 
 def test_no_ratio_line_without_both_spear_and_grpo(tmp_path):
-    md, _ = write_comparison({"spear": _spear(tmp_path / "spear")}, tmp_path)
-    assert "SPEAR vs GRPO" not in md.read_text(encoding="utf-8")
-    assert ratio_line([load_run("spear", tmp_path / "spear")]) is None
+    md, _ = write_comparison({"spear": _spear(tmp_path / "spear")}, tmp_path, pair=SPEAR_GRPO)
+    assert "spear vs grpo" not in md.read_text(encoding="utf-8")
+    assert ratio_line([load_run("spear", tmp_path / "spear")], SPEAR_GRPO) is None
 
 
 def test_unfinished_run_is_reported_from_its_history(tmp_path):
@@ -426,3 +435,25 @@ def test_compare_target_must_be_one_of_the_algorithms(tmp_path, capsys, fake_see
     assert main([*args, "--output-dir", str(tmp_path / "cmp")]) == 2
     assert "--target 'spear' is not among --algorithms grpo,opsd" in capsys.readouterr().err
     assert fake_seed_simulate == []
+
+
+def test_the_cost_line_pairs_the_algorithms_the_command_chose():
+    from spearfl.cli.compare import cost_pair
+
+    both = ["spear", "grpo", "opsd"]
+    assert cost_pair("spear", None, both) == Pair("spear", "grpo")  # grpo when it runs
+    assert cost_pair("spear", None, ["spear", "opsd"]) is None
+    assert cost_pair("grpo", None, both) is None  # never the target against itself
+    assert cost_pair("opsd", "spear", both) == Pair("opsd", "spear")
+    assert cost_pair("spear", "none", both) is None
+    for baseline in ("rltf_sd", "spear"):
+        with pytest.raises(ValueError, match=f"--baseline '{baseline}' must be another of"):
+            cost_pair("spear", baseline, both)
+
+
+def test_compare_refuses_a_baseline_that_does_not_run(tmp_path, capsys, fake_simulate):
+    out = tmp_path / "cmp"
+    args = ["compare", "--algorithms", "spear,opsd", "--baseline", "grpo", "--output-dir", str(out)]
+    assert main(args) == 2
+    assert "--baseline 'grpo' must be another of --algorithms spear,opsd" in capsys.readouterr().err
+    assert fake_simulate == [] and not out.exists()

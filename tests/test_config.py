@@ -299,7 +299,7 @@ def test_evaluated_rounds(eval_every: int, up_to: int, rounds: list[int]) -> Non
 def test_choice_errors() -> None:
     message = _error(["algorithm.name=ppo"])
     assert "algorithm.name" in message and "'ppo'" in message
-    assert "spear, grpo, opsd, rltf_sd, feedback_sft" in message
+    assert "spear, feedback_sft, grpo, opsd, rltf_sd" in message
     assert "fl.aggregation must be one of fedavg, fedadam, fedyogi" in _error(
         ["fl.aggregation=fedsgd"]
     )

@@ -22,7 +22,7 @@ from spearfl.algorithms.policy_gradient import (
     sequence_logprob,
     sequence_logprobs,
 )
-from spearfl.algorithms.registry import ALGORITHMS
+from spearfl.algorithms.registry import algorithm_spec
 from spearfl.algorithms.rollout import Generator
 from spearfl.config import GenConfig, load_config
 from spearfl.feedback.oracle import OracleFeedback
@@ -107,7 +107,7 @@ def test_sampling_settings_force_diverse_samples():
 
 
 def test_registered():
-    assert ALGORITHMS["grpo"] is GRPOUpdate
+    assert algorithm_spec("grpo").update is GRPOUpdate
     assert GRPOUpdate.name == "grpo"
 
 

@@ -11,7 +11,7 @@ from helpers import ParityTask, spy_generate
 from spearfl.algorithms import rltf_sd
 from spearfl.algorithms.base import RoundContext
 from spearfl.algorithms.policy_gradient import RoundState, k3_terms, sampling_settings
-from spearfl.algorithms.registry import ALGORITHMS
+from spearfl.algorithms.registry import algorithm_spec
 from spearfl.algorithms.rltf_sd import (
     RLTFRollout,
     RLTFSDUpdate,
@@ -241,7 +241,7 @@ def test_merge_rows_scores_a_repeated_sequence_once_and_averages_over_traces():
 
 
 def test_registered():
-    assert ALGORITHMS["rltf_sd"] is RLTFSDUpdate
+    assert algorithm_spec("rltf_sd").update is RLTFSDUpdate
     assert RLTFSDUpdate.name == "rltf_sd"
 
 

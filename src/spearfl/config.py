@@ -30,10 +30,8 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataConfig",
-    "DistillConfig",
     "FLConfig",
     "FeedbackConfig",
-    "GRPOConfig",
     "GenConfig",
     "HFConfig",
     "LoggingConfig",
@@ -41,12 +39,13 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "QAConfig",
-    "RLTFSDConfig",
-    "SpearConfig",
+    "Section",
     "config_from_dict",
     "config_from_json",
+    "all_sections",
     "load_config",
     "save_config",
+    "setting",
 ]
 
 
@@ -72,17 +71,18 @@ class ConfigError(ValueError):
         return ConfigError(self.detail, self.key, source, self.suggestion)
 
 
-def _f(default: Any, **rules: Any) -> Any:
-    """A field with range rules (ge/gt/le/lt), read back by ``_check_rules``; ``unused=reason``
-    marks a key kept for the paper's layout that accepts only its default."""
-    return field(default=default, metadata=rules)
+def setting(default: Any, doc: str = "", **rules: Any) -> Any:
+    """A config key: its default, what it does (``doc``, shown in the configuration reference)
+    and its range rules (ge/gt/le/lt, ``nonempty``), read back by ``_check_rules``;
+    ``unused=reason`` marks a key kept for the paper's layout that accepts only its default."""
+    return field(default=default, metadata={"doc": doc, **rules} if doc else rules)
 
 
 def _default_targets() -> list[str]:
     return ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-class _Section:
+class Section:
     """Base of the section dataclasses: coerces and checks every field after construction."""
 
     SECTION: ClassVar[str] = ""
@@ -108,55 +108,111 @@ class _Section:
 
 
 @dataclass
-class AlgorithmConfig(_Section, section="algorithm"):
-    name: Literal["spear", "grpo", "opsd", "rltf_sd", "feedback_sft"] = "spear"
+class AlgorithmConfig(Section, section="algorithm"):
+    """Which client update runs. The choices are the registered algorithms
+    (:mod:`spearfl.algorithms.registry`): the shipped ones, and those ``module`` adds."""
+
+    name: str = setting("spear", doc="the client update: a registered algorithm's name")
+    module: str | None = setting(
+        None,
+        doc="a module (dotted name, or a .py file relative to the config) that registers more "
+        "algorithms, imported before the rest of the config is read",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from spearfl.algorithms.registry import algorithm_spec, load_module
+
+        if self.module is not None:
+            self.module = load_module(self.module)
+        algorithm_spec(self.name)  # an unknown name is a ConfigError naming the choices
 
 
 @dataclass
-class ModelConfig(_Section, section="model"):
-    model_name: str = "smollm2-135m-instruct"
-    tokenizer_name: str | None = None
-    trust_remote_code: bool = False
-    max_seq_len: int = _f(1024, ge=16)
-    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: fp32 on CPU, bf16 on GPU
-    device_map: str | None = None
-    load_in_4bit: bool = False
-    gradient_checkpointing: bool = True  # as the paper's code: a file that says nothing means on
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    # auto: use the chat template when the tokenizer has one (whatever the model's name).
-    chat_template: Literal["auto", "on", "off"] = "auto"
+class ModelConfig(Section, section="model"):
+    """The base model and how it is loaded."""
+
+    model_name: str = setting(
+        "smollm2-135m-instruct", doc="the embedded model, a Hugging Face id or a local folder"
+    )
+    tokenizer_name: str | None = setting(None, doc="another tokenizer (none: the model's own)")
+    trust_remote_code: bool = setting(False, doc="run code shipped with the model's files")
+    max_seq_len: int = setting(1024, doc="longest prompt plus answer, in tokens", ge=16)
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = setting(
+        "auto", doc="weights' precision (auto: fp32 on CPU, bf16 on GPU)"
+    )
+    device_map: str | None = setting(None, doc="passed to transformers' from_pretrained")
+    load_in_4bit: bool = setting(False, doc="4-bit base weights (bitsandbytes, GPU only)")
+    gradient_checkpointing: bool = setting(
+        True, doc="recompute activations in the backward pass (on, as the paper's code)"
+    )
+    device: Literal["auto", "cpu", "cuda"] = setting("auto", doc="auto: CUDA when there is one")
+    chat_template: Literal["auto", "on", "off"] = setting(
+        "auto", doc="auto: the chat template when the tokenizer has one; off: plain prompts"
+    )
 
 
 @dataclass
-class LoraConfig(_Section, section="lora"):
-    r: int = _f(16, ge=1)
-    alpha: float = 32.0
-    dropout: float = _f(0.1, ge=0, lt=1)
-    bias: Literal["none", "all", "lora_only"] = "none"
-    last_n_layers: int | None = _f(None, ge=1)  # None: every decoder layer
-    target_modules: list[str] = field(default_factory=_default_targets, metadata={"nonempty": True})
+class LoraConfig(Section, section="lora"):
+    """The adapter that is trained and federated (PEFT's LoRA)."""
+
+    r: int = setting(16, doc="rank", ge=1)
+    alpha: float = setting(32.0, doc="scale numerator (the update is scaled by alpha / r)")
+    dropout: float = setting(0.1, doc="dropout on the adapter's input", ge=0, lt=1)
+    bias: Literal["none", "all", "lora_only"] = setting("none", doc="which biases train")
+    last_n_layers: int | None = setting(
+        None, doc="adapt only the last N decoder layers (none: every layer)", ge=1
+    )
+    target_modules: list[str] = field(
+        default_factory=_default_targets,
+        metadata={"nonempty": True, "doc": "the projections that get an adapter"},
+    )
 
 
 @dataclass
-class DataConfig(_Section, section="data"):
-    dataset: str = "embedded"  # task name or Hugging Face id
-    path: str | None = None  # local file or folder holding the dataset's rows
-    config_name: str | None = None
-    split: str = "train"
-    eval_split: str | None = None
-    eval_fraction: float = _f(0.02, gt=0, lt=1)
-    num_clients: int = _f(50, ge=1)
-    dirichlet_alpha: float = _f(1.0, gt=0)
-    dirichlet_num_classes: int | None = _f(None, ge=2)
-    max_examples_per_client: int = _f(500, ge=1)
-    seed: int = 42
-    eval_every: int = _f(5, ge=0)  # 0: only round 0 and the last round
-    eval_every_round_up_to: int = _f(0, ge=0)
-    max_eval_examples: int | None = _f(None, ge=1)
-    min_examples_per_client: int = _f(10, ge=1)
-    skip_bad_rows: bool = False
-    num_train_examples: int = _f(2000, ge=1)  # size of procedurally generated tasks
-    num_eval_examples: int = _f(240, ge=1)
+class DataConfig(Section, section="data"):
+    """The task, its split between clients, and the evaluation."""
+
+    dataset: str = setting(
+        "embedded",
+        doc="embedded, arc_challenge, hellaswag, strategy_qa, math_mcqa (or their Hugging Face "
+        "ids), or qa: your own rows",
+    )
+    path: str | None = setting(None, doc="local file or folder holding the dataset's rows")
+    config_name: str | None = setting(None, doc="the dataset's configuration (Hugging Face)")
+    split: str = setting("train", doc="the split clients train on")
+    eval_split: str | None = setting(
+        None, doc="the split evaluated (none: data.eval_fraction of the training split)"
+    )
+    eval_fraction: float = setting(
+        0.02, doc="share held out for evaluation when there is no eval split", gt=0, lt=1
+    )
+    num_clients: int = setting(50, doc="devices the data is split between", ge=1)
+    dirichlet_alpha: float = setting(
+        1.0, doc="Dirichlet concentration of the label split (small: more skewed)", gt=0
+    )
+    dirichlet_num_classes: int | None = setting(
+        None, doc="pool labels into this many classes for the split (none: one per label)", ge=2
+    )
+    max_examples_per_client: int = setting(500, doc="examples a client keeps at most", ge=1)
+    seed: int = setting(42, doc="the split, client draws, sampling and evaluation questions")
+    eval_every: int = setting(
+        5, doc="evaluate every N rounds (0: only round 0 and the last round)", ge=0
+    )
+    eval_every_round_up_to: int = setting(0, doc="also evaluate every round up to this one", ge=0)
+    max_eval_examples: int | None = setting(None, doc="evaluate at most this many", ge=1)
+    min_examples_per_client: int = setting(
+        10, doc="the split is redrawn until every client has this many", ge=1
+    )
+    skip_bad_rows: bool = setting(
+        False, doc="skip malformed rows and over-long prompts (counted) instead of stopping"
+    )
+    num_train_examples: int = setting(
+        2000, doc="size of a procedurally generated task's training set", ge=1
+    )
+    num_eval_examples: int = setting(
+        240, doc="size of a procedurally generated task's evaluation set", ge=1
+    )
 
 
 QA_PLACEHOLDERS = ("question", "options")
@@ -164,27 +220,42 @@ QA_PLACEHOLDERS = ("question", "options")
 
 
 @dataclass
-class QAConfig(_Section, section="qa"):
+class QAConfig(Section, section="qa"):
     """How ``data.dataset: qa`` reads a row of your own file (:mod:`spearfl.tasks.qa`).
 
     A section of its own rather than keys under ``data``: the mapping is only read by that task,
     and a flat section keeps ``--set qa.answer=...`` and the unknown-key messages working.
     """
 
-    question: str = _f("question", nonempty=True)  # field holding the question text
-    answer: str = _f("answer", nonempty=True)  # field holding the gold answer
-    options: str | None = None  # field with a list of option texts or a {"A": text, ...} map
-    rule: Literal["exact", "choice", "number", "regex"] = "exact"
-    tolerance: float = _f(1e-6, ge=0)  # rule number: |declared - gold| <= tolerance
-    # where the oracle's hint comes from: none, a field of the row, or the answer's opening
-    hint: Literal["none", "field", "words", "chars"] = "none"
-    hint_field: str | None = None  # hint: field
-    hint_length: int = _f(3, ge=1)  # hint: words / chars (always fewer than the answer has)
-    prompt: str = "{question}\n\n{options}"  # {options}: one "A. text" line per option
-    marker: str = _f("Answer:", nonempty=True)  # what introduces the final answer
-    instruction: str = ""  # how to answer, after the prompt; "": written from rule and marker
-    label: str | None = None  # field the Dirichlet partition splits on (default: see the task)
-    id: str | None = None  # field holding a row's id (default: <file name>:<row>)
+    question: str = setting("question", doc="field holding the question text", nonempty=True)
+    answer: str = setting("answer", doc="field holding the gold answer", nonempty=True)
+    options: str | None = setting(
+        None, doc='field with a list of option texts or a {"A": text, ...} map'
+    )
+    rule: Literal["exact", "choice", "number", "regex"] = setting(
+        "exact",
+        doc="exact (equal after normalising), choice (the option letter), number (within "
+        "qa.tolerance), regex (the gold answer is a pattern)",
+    )
+    tolerance: float = setting(1e-6, doc="rule number: |declared - gold| <= tolerance", ge=0)
+    hint: Literal["none", "field", "words", "chars"] = setting(
+        "none", doc="where the oracle's hint comes from: a field, or the answer's opening"
+    )
+    hint_field: str | None = setting(None, doc="hint field: the field quoted")
+    hint_length: int = setting(
+        3, doc="hint words or chars: how many (always fewer than the answer has)", ge=1
+    )
+    prompt: str = setting(
+        "{question}\n\n{options}", doc='the prompt; {options}: one "A. text" line per option'
+    )
+    marker: str = setting("Answer:", doc="what introduces the final answer", nonempty=True)
+    instruction: str = setting(
+        "", doc="how to answer, after the prompt (empty: written from rule and marker)"
+    )
+    label: str | None = setting(
+        None, doc="field the Dirichlet split is drawn on (none: the gold answer or option)"
+    )
+    id: str | None = setting(None, doc="field holding a row's id (none: <file name>:<row>)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -232,145 +303,113 @@ class QAConfig(_Section, section="qa"):
 
 
 @dataclass
-class FLConfig(_Section, section="fl"):
-    rounds: int = _f(50, ge=1)
-    clients_per_round: int = _f(5, ge=1)
-    local_rollout_steps: int = _f(80, ge=1)
-    local_train_steps: int = _f(5, ge=0)
-    aggregation: Literal["fedavg", "fedadam", "fedyogi"] = "fedavg"
-    fedprox_mu: float = _f(0.0, ge=0)
-    server_lr: float = _f(1e-2, gt=0)
-    server_beta1: float = _f(0.9, ge=0, lt=1)
-    server_beta2: float = _f(0.99, ge=0, lt=1)
-    server_tau: float = _f(5e-3, gt=0)
-    min_clients: int = _f(1, ge=1)
-    round_timeout: float = _f(3600.0, gt=0)  # seconds a round waits for its clients' replies
-    max_round_retries: int = _f(3, ge=0)  # extra client draws when too few replies are usable
-    max_update_norm: float | None = _f(None, gt=0)  # reject a client whose update L2 norm exceeds
-    num_cpus_per_client: float = _f(2.0, gt=0)
-    # Share of a GPU each simulated client's Ray actor holds. None: what fits clients_per_round
-    # on the visible GPUs (federation.simulation.gpu_share), 0 without CUDA.
-    num_gpus_per_client: float | None = _f(None, ge=0)
+class FLConfig(Section, section="fl"):
+    """Rounds, client draws and aggregation."""
 
-
-@dataclass
-class GenConfig(_Section, section="gen"):
-    max_new_tokens_y0: int = _f(256, ge=1)
-    max_new_tokens_y1: int = _f(256, ge=1)
-    num_revisions: int = _f(2, ge=0)
-    do_sample: bool = True
-    temperature: float = _f(0.8, gt=0)
-    top_p: float = _f(0.95, gt=0, le=1)
-    rollout_batch_size: int = _f(16, ge=1)
-    eval_batch_size: int = _f(32, ge=1)
-    format_fix: bool = False
-    eval_max_new_tokens: int | None = _f(None, ge=1)  # None: max_new_tokens_y0
-
-
-@dataclass
-class SpearConfig(_Section, section="spear"):
-    lambda_win: float = _f(1.0, ge=0)
-    lambda_lose: float = _f(0.1, ge=0)
-    lambda_anchor: float = _f(0.0, ge=0)
-    unlikelihood_margin: float = _f(0.3, ge=0, lt=1)
-    ema_decay: float = _f(0.0, ge=0, lt=1)
-    ul_answer_only: bool = False
-    ul_tail_tokens: int = _f(0, ge=0)
-    ul_skip_math_ops: bool = False
-    max_lose_ratio: float = _f(2.0, ge=0)
-
-
-@dataclass
-class GRPOConfig(_Section, section="grpo"):
-    num_generations: int = _f(4, ge=2)
-    beta_kl: float = _f(0.02, ge=0)
-    clip_range: float = _f(0.2, gt=0)
-    normalize_advantage: bool = True
-    reward_scale: float = 1.0
-    reward_clip: float | None = _f(None, gt=0)
-
-
-@dataclass
-class RLTFSDConfig(_Section, section="rltf_sd"):
-    """RLTF-SD's own weights; its group size, KL weight and reward scale are GRPO's (SPEC §8)."""
-
-    MOVED: ClassVar[Mapping[str, str]] = {
-        "num_generations": "the paper's RLTF-SD reads its group size N from "
-        "grpo.num_generations; set that instead",
-        "beta_kl": "the paper's RLTF-SD reads its KL weight from grpo.beta_kl; set that instead",
-    }
-
-    gamma: float = _f(1.0, ge=0)
-    sd_coeff: float = 0.1
-    rl_coeff: float = 1.0
-    early_termination: bool = True
-
-
-@dataclass
-class DistillConfig(_Section, section="distill"):
-    temperature: float = _f(2.0, gt=0)
-    kl_weight: float = _f(1.0, ge=0)
-    anchor_weight: float = _f(0.0, ge=0)
-    priv_max_chars: int = _f(2000, ge=1)
-    # Keys of the paper's layout that OPSD as SPEC §4 defines it has no use for: only their
-    # defaults are accepted, since any other value would silently change nothing.
-    feedback_max_chars: int = _f(
-        800,
-        ge=1,
-        unused="OPSD's teacher reads the task's privileged text (cut at distill.priv_max_chars), "
-        "never the feedback provider's hints, so there is no feedback to cut",
+    rounds: int = setting(50, doc="federated rounds", ge=1)
+    clients_per_round: int = setting(5, doc="clients drawn each round", ge=1)
+    local_rollout_steps: int = setting(
+        80, doc="prompts a client answers per round (SPEAR, feedback-SFT, OPSD)", ge=1
     )
-    num_demos: int = _f(
-        0,
+    local_train_steps: int = setting(5, doc="optimiser steps a client takes per round", ge=0)
+    aggregation: Literal["fedavg", "fedadam", "fedyogi"] = setting(
+        "fedavg", doc="server update: weighted average, or Adam / Yogi on the average's change"
+    )
+    fedprox_mu: float = setting(0.0, doc="FedProx pull to the received adapter (0: off)", ge=0)
+    server_lr: float = setting(1e-2, doc="fedadam, fedyogi: server learning rate", gt=0)
+    server_beta1: float = setting(0.9, doc="fedadam, fedyogi: first moment decay", ge=0, lt=1)
+    server_beta2: float = setting(0.99, doc="fedadam, fedyogi: second moment decay", ge=0, lt=1)
+    server_tau: float = setting(5e-3, doc="fedadam, fedyogi: adaptivity epsilon", gt=0)
+    min_clients: int = setting(1, doc="usable replies a round needs to aggregate", ge=1)
+    round_timeout: float = setting(
+        3600.0, doc="seconds a round waits for its clients' replies", gt=0
+    )
+    max_round_retries: int = setting(
+        3, doc="extra client draws when too few replies are usable", ge=0
+    )
+    max_update_norm: float | None = setting(
+        None, doc="reject a client whose update's L2 norm exceeds this (none: no check)", gt=0
+    )
+    num_cpus_per_client: float = setting(2.0, doc="CPUs each simulated client holds", gt=0)
+    num_gpus_per_client: float | None = setting(
+        None,
+        doc="share of a GPU each simulated client holds (none: what fits clients_per_round on "
+        "the visible GPUs, 0 without CUDA)",
         ge=0,
-        unused="OPSD (SPEC §4) puts no worked demonstrations in the teacher's context; "
-        "adding them would make it a different baseline",
     )
-    demo_max_chars: int = _f(
-        500, ge=1, unused="there are no demonstrations to cut (distill.num_demos is always 0)"
+
+
+@dataclass
+class GenConfig(Section, section="gen"):
+    """Generation: answers, revisions and the evaluation's greedy answers."""
+
+    max_new_tokens_y0: int = setting(256, doc="new tokens of a first answer", ge=1)
+    max_new_tokens_y1: int = setting(256, doc="new tokens of a revision", ge=1)
+    num_revisions: int = setting(2, doc="revisions of a wrong answer at most", ge=0)
+    do_sample: bool = setting(True, doc="sample rollouts (false: greedy)")
+    temperature: float = setting(0.8, doc="sampling temperature", gt=0)
+    top_p: float = setting(0.95, doc="nucleus sampling's probability mass", gt=0, le=1)
+    rollout_batch_size: int = setting(16, doc="prompts generated together", ge=1)
+    eval_batch_size: int = setting(32, doc="evaluation questions answered together", ge=1)
+    format_fix: bool = setting(False, doc="ask once more when an answer has no valid final answer")
+    eval_max_new_tokens: int | None = setting(
+        None, doc="new tokens of an evaluation answer (none: max_new_tokens_y0)", ge=1
     )
-    # Also distill the position where the student stopped (its EOS). Off: after a wrong answer
-    # the teacher, who read the gold answer, wants to go on, and matching it there teaches the
-    # student never to stop (measured: valid answers fell to 0% in 3 rounds on the demo task).
-    distill_eos: bool = False
 
 
 @dataclass
-class OptimConfig(_Section, section="optim"):
-    lr: float = _f(5e-5, gt=0)
-    weight_decay: float = _f(0.0, ge=0)
-    batch_size: int = _f(16, ge=1)
-    grad_accum_steps: int = _f(1, ge=1)
-    max_grad_norm: float = _f(1.0, gt=0)
-    warmup_ratio: float = _f(0.1, ge=0, lt=1)
-    lr_min: float = _f(1e-5, ge=0)
-    use_warmup: bool = True
-    # Rows per forward pass, for every algorithm (same maths, less memory). None: as many rows
-    # as keep rows x longest completion x vocabulary within 2**28 logits (1 GiB in float32).
-    micro_batch_size: int | None = _f(None, ge=1)
+class OptimConfig(Section, section="optim"):
+    """The client's optimiser (AdamW) and learning-rate schedule."""
+
+    lr: float = setting(5e-5, doc="peak learning rate", gt=0)
+    weight_decay: float = setting(0.0, doc="AdamW weight decay", ge=0)
+    batch_size: int = setting(
+        16, doc="rows per micro-step (SPEAR: this many wins and this many losses)", ge=1
+    )
+    grad_accum_steps: int = setting(1, doc="micro-steps per optimiser step", ge=1)
+    max_grad_norm: float = setting(1.0, doc="gradient clipping norm", gt=0)
+    warmup_ratio: float = setting(0.1, doc="share of the rounds spent warming up", ge=0, lt=1)
+    lr_min: float = setting(1e-5, doc="learning rate at the last round (cosine decay)", ge=0)
+    use_warmup: bool = setting(True, doc="linear warm-up before the decay")
+    micro_batch_size: int | None = setting(
+        None,
+        doc="rows per forward pass, for every algorithm: the same maths in less memory (none: "
+        "as many rows as keep rows x longest completion x vocabulary within 2^28 logits)",
+        ge=1,
+    )
 
 
 @dataclass
-class FeedbackConfig(_Section, section="feedback"):
-    # human: SPEAR trains on what people said on the device's feedback page (spearfl serve).
-    provider: Literal["oracle", "none", "human"] = "oracle"
-    mc_hint_words: int = _f(3, ge=1)
-    # partial: hint stays shorter than the option; paper: the paper's exact first-N-words rule.
-    mc_hint_style: Literal["partial", "paper"] = "partial"
-    # false: revisions are told only that the answer was wrong (the control that measures
-    # how much the hint itself adds).
-    hints: bool = True
-    # where each device keeps its feedback inbox (client-N/feedback.sqlite); "" = OUTPUT/devices
-    store_dir: str = ""
+class FeedbackConfig(Section, section="feedback"):
+    """Who judges the answers, and what a hint may say."""
+
+    provider: Literal["oracle", "none", "human"] = setting(
+        "oracle",
+        doc="oracle: the dataset's gold fields judge and hint; none: judged, no revisions; "
+        "human: what people said on the device's feedback page (spearfl serve)",
+    )
+    mc_hint_words: int = setting(3, doc="words of the right option a hint may quote", ge=1)
+    mc_hint_style: Literal["partial", "paper"] = setting(
+        "partial",
+        doc="partial: the hint stays shorter than the option; paper: the paper's first-N-words",
+    )
+    hints: bool = setting(
+        True, doc="false: revisions are told only that the answer was wrong (the hint control)"
+    )
+    store_dir: str = setting(
+        "", doc="where each device keeps its feedback inbox (empty: <output_dir>/devices)"
+    )
 
 
 @dataclass
-class HFConfig(_Section, section="hf"):
-    offline: bool = True
-    hf_home: str | None = None
-    model_cache_dir: str | None = None
-    dataset_cache_dir: str | None = None
-    hub_cache_dir: str | None = None
+class HFConfig(Section, section="hf"):
+    """The Hugging Face libraries' caches and network use."""
+
+    offline: bool = setting(True, doc="never contact the Hub")
+    hf_home: str | None = setting(None, doc="root of the caches (the libraries' HF_HOME)")
+    model_cache_dir: str | None = setting(None, doc="models (none: the hub cache)")
+    dataset_cache_dir: str | None = setting(None, doc="datasets (none: <hf_home>/datasets)")
+    hub_cache_dir: str | None = setting(None, doc="the hub cache (none: <hf_home>/hub)")
 
 
 REPORTERS = ("tensorboard", "wandb")
@@ -378,10 +417,12 @@ REPORTERS = ("tensorboard", "wandb")
 
 
 @dataclass
-class LoggingConfig(_Section, section="logging"):
+class LoggingConfig(Section, section="logging"):
     """Where a run reports its rounds live, besides ``history.jsonl`` and the terminal."""
 
-    report_to: list[str] = field(default_factory=list)  # tensorboard, wandb
+    report_to: list[str] = field(
+        default_factory=list, metadata={"doc": "live views: tensorboard, wandb"}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -396,9 +437,6 @@ class LoggingConfig(_Section, section="logging"):
 
 
 # Pairs (small, big) that must satisfy small <= big once every section is valid.
-HUMAN_ALGORITHMS = ("spear", "feedback_sft")
-"""Algorithms that can learn from stored human feedback (wins and losses, no resampling)."""
-
 _ORDERED = (
     ("fl.clients_per_round", "data.num_clients"),
     ("optim.lr_min", "optim.lr"),
@@ -406,9 +444,21 @@ _ORDERED = (
 )
 
 
+def _algorithm_sections() -> dict[str, Section]:
+    """Every registered algorithm's sections at their defaults."""
+    from spearfl.algorithms.registry import algorithm_sections
+
+    return {name: cls() for name, cls in algorithm_sections().items()}
+
+
 @dataclass
 class Config:
-    """The whole experiment; one attribute per YAML section."""
+    """The whole experiment; one attribute per YAML section.
+
+    The shared sections are fields; each algorithm's own sections (``spear``, ``grpo``, ...)
+    are declared beside its update and registered with it, kept in ``sections`` and read as
+    attributes all the same (``cfg.spear.lambda_lose``) or with :meth:`section`.
+    """
 
     output_dir: str = "runs/spear"
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
@@ -418,30 +468,47 @@ class Config:
     qa: QAConfig = field(default_factory=QAConfig)
     fl: FLConfig = field(default_factory=FLConfig)
     gen: GenConfig = field(default_factory=GenConfig)
-    spear: SpearConfig = field(default_factory=SpearConfig)
-    grpo: GRPOConfig = field(default_factory=GRPOConfig)
-    rltf_sd: RLTFSDConfig = field(default_factory=RLTFSDConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     hf: HFConfig = field(default_factory=HFConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    sections: dict[str, Section] = field(default_factory=_algorithm_sections)
+    """The registered algorithms' sections, by YAML name."""
 
     def __post_init__(self) -> None:
         self.output_dir = _coerce("output_dir", self.output_dir, str, {})
-        for name, cls in _SECTIONS.items():
-            if not isinstance(getattr(self, name), cls):
+        self.sections = {**_algorithm_sections(), **self.sections}
+        for name, cls in all_sections().items():
+            if not isinstance(self.section(name), cls):
                 raise ConfigError(f"section '{name}' must be a {cls.__name__}", name)
         for small, big in _ORDERED:
             a, b = self.get(small), self.get(big)
             if a > b:
                 raise ConfigError(f"{small} ({a!r}) must be <= {big} ({b!r})", small)
-        if self.feedback.provider == "human" and self.algorithm.name not in HUMAN_ALGORITHMS:
+        from spearfl.algorithms.registry import human_algorithms
+
+        human = human_algorithms()
+        if self.feedback.provider == "human" and self.algorithm.name not in human:
             raise ConfigError(
-                f"feedback.provider 'human' trains {' or '.join(HUMAN_ALGORITHMS)} only, "
+                f"feedback.provider 'human' trains {' or '.join(human)} only, "
                 f"not {self.algorithm.name!r}",
                 "feedback.provider",
             )
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails: an algorithm's section, read as an attribute.
+        sections = self.__dict__.get("sections")
+        if sections is not None and name in sections:
+            return sections[name]
+        raise AttributeError(f"{type(self).__name__!r} has no section {name!r}")
+
+    def section(self, name: str) -> Section:
+        """The section called ``name`` in the YAML layout, shared or an algorithm's."""
+        if name in _CORE_SECTIONS:
+            return getattr(self, name)
+        if name in self.sections:
+            return self.sections[name]
+        raise KeyError(name)
 
     def device_dir(self, client_id: int) -> Path:
         """Where client ``client_id`` keeps its feedback inbox and the adapter it last got."""
@@ -460,8 +527,14 @@ class Config:
         return config_from_dict(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict that ``config_from_dict`` turns back into an equal Config."""
-        return dataclasses.asdict(self)
+        """Plain nested dict that ``config_from_dict`` turns back into an equal Config, in the
+        paper's layout: the algorithms' sections after ``gen``, as its files have them."""
+        out: dict[str, Any] = {"output_dir": self.output_dir}
+        for name in _CORE_SECTIONS:
+            out[name] = dataclasses.asdict(getattr(self, name))
+            if name == "gen":
+                out.update({k: dataclasses.asdict(v) for k, v in self.sections.items()})
+        return out
 
     def to_yaml(self) -> str:
         """YAML in the same layout ``load_config`` reads, for saving next to a run."""
@@ -472,16 +545,27 @@ class Config:
         return json.dumps(self.to_dict())
 
 
-_SECTIONS: dict[str, type[_Section]] = {
-    f.name: f.default_factory
+_CORE_SECTIONS: dict[str, type[Section]] = {
+    f.name: f.default_factory  # type: ignore[misc]
     for f in fields(Config)
-    if f.name != "output_dir"  # type: ignore[misc]
+    if f.name not in ("output_dir", "sections")
 }
-_ALL_KEYS = ["output_dir"] + [
-    f"{name}.{f.name}"
-    for name, cls in _SECTIONS.items()
-    for f in fields(cls)  # type: ignore[arg-type]
-]
+
+
+def all_sections() -> dict[str, type[Section]]:
+    """Every section a config may hold, by YAML name: the shared ones, then the registered
+    algorithms' (a module that ``algorithm.module`` names adds its own once imported)."""
+    from spearfl.algorithms.registry import algorithm_sections
+
+    return {**_CORE_SECTIONS, **algorithm_sections()}
+
+
+def _all_keys() -> list[str]:
+    return ["output_dir"] + [
+        f"{name}.{f.name}"
+        for name, cls in all_sections().items()
+        for f in fields(cls)  # type: ignore[arg-type]
+    ]
 
 
 @functools.cache
@@ -552,48 +636,81 @@ def _check_rules(key: str, value: Any, rules: Mapping[str, Any]) -> None:
     raise ConfigError(f"{key} must be {allowed}, got {value!r}", key)
 
 
-def _unknown(key: str, where: str) -> ConfigError:
+def _unknown(key: str, where: str, sections: Mapping[str, type[Section]]) -> ConfigError:
     """Unknown-key error: where a moved key went, else the closest known key as a suggestion."""
     section, _, leaf = key.partition(".")
-    moved = _SECTIONS[section].MOVED.get(leaf) if section in _SECTIONS else None
+    moved = sections[section].MOVED.get(leaf) if section in sections else None
     if moved is not None:
         return ConfigError(f"'{key}' is not a key: {moved}", key, where)
-    leaf_matches = [k for k in _ALL_KEYS if k.rsplit(".", 1)[-1] == key]  # e.g. 'lr' at top
-    guess = leaf_matches or difflib.get_close_matches(key, _ALL_KEYS + list(_SECTIONS), n=1)
+    known = _all_keys()
+    leaf_matches = [k for k in known if k.rsplit(".", 1)[-1] == key]  # e.g. 'lr' at top
+    guess = leaf_matches or difflib.get_close_matches(key, known + list(sections), n=1)
     hint = f"; did you mean '{guess[0]}'?" if guess else ""
     kind = "key" if "." in key or leaf_matches else "section"
     return ConfigError(f"unknown {kind} '{key}'", key, where, hint)
 
 
+def _checked_section(
+    name: str, section: Any, cls: type[Section], source: str, origins: Mapping[str, str]
+) -> Section:
+    """One YAML section, its keys known to ``cls`` and its values valid."""
+    where = origins.get(name, source)
+    if section is None:  # 'spear:' with nothing under it
+        section = {}
+    if not isinstance(section, Mapping):
+        raise ConfigError(
+            f"section '{name}' must be a mapping of keys, got {_show(section)}", name, where
+        )
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    for key in section:
+        if key not in known:
+            raise _unknown(f"{name}.{key}", origins.get(f"{name}.{key}", source), all_sections())
+    return _located(cls, section, source, origins)
+
+
+def _module_beside(source: str, section: Any) -> Any:
+    """``algorithm.module`` as a ``.py`` path relative to the config file's folder."""
+    if not isinstance(section, Mapping) or not Path(source).is_file():
+        return section
+    module = section.get("module")
+    if isinstance(module, str) and module.endswith(".py") and not Path(module).is_absolute():
+        return {**section, "module": str(Path(source).resolve().parent / module)}
+    return section
+
+
 def _build(data: Any, source: str, origins: Mapping[str, str]) -> Config:
-    """Validate raw nested data; ``origins`` maps dotted keys set by --set to that item."""
+    """Validate raw nested data; ``origins`` maps dotted keys set by --set to that item.
+
+    The ``algorithm`` section comes first: the module it names may register the sections the
+    rest of the file holds."""
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(
             f"the top level must be a mapping of sections, got {_show(data)}", None, source
         )
-    kwargs: dict[str, Any] = {}
+    algorithm = _checked_section(
+        "algorithm", _module_beside(source, data.get("algorithm")), AlgorithmConfig, source, origins
+    )
+    sections = all_sections()
+    kwargs: dict[str, Any] = {"algorithm": algorithm}
+    extra: dict[str, Section] = {}
     for name, section in data.items():
         name = str(name)
-        where = origins.get(name, source)
         if name == "output_dir":
             kwargs[name] = section
             continue
-        cls = _SECTIONS.get(name)
+        if name == "algorithm":
+            continue
+        cls = sections.get(name)
         if cls is None:
-            raise _unknown(name, where)
-        if section is None:  # 'spear:' with nothing under it
-            section = {}
-        if not isinstance(section, Mapping):
-            raise ConfigError(
-                f"section '{name}' must be a mapping of keys, got {_show(section)}", name, where
-            )
-        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-        for key in section:
-            if key not in known:
-                raise _unknown(f"{name}.{key}", origins.get(f"{name}.{key}", source))
-        kwargs[name] = _located(cls, section, source, origins)
+            raise _unknown(name, origins.get(name, source), sections)
+        checked = _checked_section(name, section, cls, source, origins)
+        if name in _CORE_SECTIONS:
+            kwargs[name] = checked
+        else:
+            extra[name] = checked
+    kwargs["sections"] = extra
     return _located(Config, kwargs, source, origins)
 
 
@@ -626,7 +743,7 @@ def _override_value(key: str, text: str) -> Any:
     """Parse a --set value with YAML; a str-typed key keeps the raw text (e.g. '2024', or a
     prompt template such as 'Q: {question}' that YAML would read as a mapping or reject)."""
     section, _, name = key.rpartition(".")
-    owner = _SECTIONS.get(section, Config) if section else Config
+    owner = all_sections().get(section, Config) if section else Config
     hint = _hints(owner).get(name)
     if typing.get_origin(hint) in (Union, types.UnionType):
         hint = next(a for a in typing.get_args(hint) if a is not type(None))

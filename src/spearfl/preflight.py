@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from spearfl.algorithms.registry import algorithm_notes
 from spearfl.config import Config
 from spearfl.hub import apply_hf_settings, cached_file, hub_caches, looks_like_path
 from spearfl.hub import not_cached_message as _not_cached
@@ -74,7 +75,8 @@ def preflight(cfg: Config) -> Preflight:
     )
     task, data, parts = _task_data(cfg)
     prompt_format = _prompt_format(cfg, tokenizer)
-    notes = [*task_notes(cfg), *_notes(cfg, model, {ex.label for ex in data.train})]
+    notes = [*task_notes(cfg), *algorithm_notes(cfg)]
+    notes += _notes(cfg, model, {ex.label for ex in data.train})
     return Preflight(
         cfg=cfg,
         task_name=task.name,

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from spearfl.algorithms.spear import LossWeights, SpearUpdate
+from spearfl.algorithms.registry import register_algorithm
+from spearfl.algorithms.spear import LossWeights, SpearConfig, SpearUpdate
 
 
+@register_algorithm("feedback_sft", SpearConfig, human_feedback=True)
 class FeedbackSFTUpdate(SpearUpdate):
     """SPEAR with ``spear.lambda_lose = 0`` whatever the config says."""
 
-    name = "feedback_sft"
+    METRIC_MEANINGS = {
+        **SpearUpdate.METRIC_MEANINGS,
+        "losses": "wrong answers, capped as SPEAR caps them, counted but not trained on",
+    }
 
     def weights(self) -> LossWeights:
         # With a zero weight SPEAR's micro-step samples no losses at all, so this equals SPEAR

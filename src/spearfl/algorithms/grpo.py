@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -30,7 +31,9 @@ from spearfl.algorithms.policy_gradient import (
     scored_row,
     sequence_logprobs,
 )
+from spearfl.algorithms.registry import register_algorithm
 from spearfl.algorithms.rollout import sample_prompts
+from spearfl.config import Section, setting
 
 
 def grpo_rewards(correct: Sequence[bool], scale: float, clip: float | None) -> torch.Tensor:
@@ -39,8 +42,32 @@ def grpo_rewards(correct: Sequence[bool], scale: float, clip: float | None) -> t
     return rewards.clamp(-clip, clip) if clip is not None else rewards
 
 
+@dataclass
+class GRPOConfig(Section, section="grpo"):
+    """GRPO's group and policy-gradient settings (RLTF-SD reads its group size, KL weight and
+    reward scale here too, as the paper's code does)."""
+
+    num_generations: int = setting(4, doc="G: answers sampled per prompt", ge=2)
+    beta_kl: float = setting(
+        0.02, doc="weight of the k3-KL to the adapter received this round", ge=0
+    )
+    clip_range: float = setting(0.2, doc="PPO clip of the probability ratio", gt=0)
+    normalize_advantage: bool = setting(
+        True, doc="divide group-relative advantages by the group's standard deviation"
+    )
+    reward_scale: float = setting(1.0, doc="reward of a right answer (a wrong one gets 0)")
+    reward_clip: float | None = setting(
+        None, doc="clip rewards to plus or minus this (none: no clip)", gt=0
+    )
+
+
+@register_algorithm("grpo", GRPOConfig)
 class GRPOUpdate(OnlineRLUpdate):
-    name = "grpo"
+    METRIC_MEANINGS = {
+        "n_eff": "the client's examples (any of them could have been drawn)",
+        "wins": "sampled answers that were right (reward 1)",
+        "losses": "sampled answers that were wrong (reward 0)",
+    }
 
     def micro_step(self, state: RoundState, scale: float) -> float:
         cfg, policy = self.cfg.grpo, self.policy

@@ -24,10 +24,11 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from spearfl.algorithms.grpo import grpo_rewards
+from spearfl.algorithms.grpo import GRPOConfig, grpo_rewards
 from spearfl.algorithms.policy_gradient import (
     OnlineRLUpdate,
     RoundState,
@@ -36,8 +37,10 @@ from spearfl.algorithms.policy_gradient import (
     scored_row,
     sequence_logprobs,
 )
+from spearfl.algorithms.registry import register_algorithm
 from spearfl.algorithms.rollout import BARE_HINT, sample_prompts
 from spearfl.algorithms.training import sample_batch
+from spearfl.config import Section, setting
 from spearfl.tasks.base import Example
 
 CORRECT_HINT = "That is right."
@@ -221,8 +224,31 @@ def merge_rows(traces: Sequence[RLTFTrace]) -> list[WeightedRow]:
     ]
 
 
+@dataclass
+class RLTFSDConfig(Section, section="rltf_sd"):
+    """RLTF-SD's own weights; its group size, KL weight and reward scale are GRPO's (SPEC §8)."""
+
+    MOVED: ClassVar[Mapping[str, str]] = {
+        "num_generations": "the paper's RLTF-SD reads its group size N from "
+        "grpo.num_generations; set that instead",
+        "beta_kl": "the paper's RLTF-SD reads its KL weight from grpo.beta_kl; set that instead",
+    }
+
+    gamma: float = setting(1.0, doc="discount of the revision's reward in the return", ge=0)
+    sd_coeff: float = setting(0.1, doc="weight of the self-distillation term L_SD")
+    rl_coeff: float = setting(1.0, doc="weight of the policy-gradient term L_RL")
+    early_termination: bool = setting(
+        True, doc="a right first answer is not revised (its turn 1 is skipped)"
+    )
+
+
+@register_algorithm("rltf_sd", GRPOConfig, RLTFSDConfig)
 class RLTFSDUpdate(OnlineRLUpdate):
-    name = "rltf_sd"
+    METRIC_MEANINGS = {
+        "n_eff": "the episodes (first answer and its revision) trained on",
+        "wins": "right first answers plus right revisions",
+        "losses": "wrong first answers plus wrong revisions",
+    }
 
     def hint(self, example: Example, attempt: str) -> str:
         """The provider's partial hint; a bare "wrong" without hints or without a provider."""

@@ -14,6 +14,7 @@ from spearfl.algorithms.base import ClientAlgorithm, ClientUpdateResult, RoundCo
 from spearfl.algorithms.logits import target_logprobs
 from spearfl.algorithms.losses import anchor_loss, mle_loss, unlikelihood_loss
 from spearfl.algorithms.masks import MaskOptions, token_char_spans, unlikelihood_mask
+from spearfl.algorithms.registry import register_algorithm
 from spearfl.algorithms.rollout import RolloutResult, Trace, sample_prompts, self_play_rollout
 from spearfl.algorithms.scoring import (
     align_flags,
@@ -29,6 +30,7 @@ from spearfl.algorithms.training import (
     sample_batch,
     training_mode,
 )
+from spearfl.config import Section, setting
 from spearfl.tasks.base import Example
 
 
@@ -48,8 +50,47 @@ def cap_losses(losses: list[Trace], num_wins: int, ratio: float, rng: random.Ran
     return rng.sample(losses, cap)
 
 
+@dataclass
+class SpearConfig(Section, section="spear"):
+    """SPEAR's loss weights and which tokens of a wrong answer the unlikelihood term reads."""
+
+    lambda_win: float = setting(1.0, doc="weight of maximum likelihood on the wins", ge=0)
+    lambda_lose: float = setting(
+        0.1, doc="weight of the unlikelihood term on the losses (0: feedback-SFT)", ge=0
+    )
+    lambda_anchor: float = setting(
+        0.0, doc="weight of the L2 pull towards the adapter received this round", ge=0
+    )
+    unlikelihood_margin: float = setting(
+        0.3, doc="a loss token is pushed down only while its probability is above this", ge=0, lt=1
+    )
+    ema_decay: float = setting(
+        0.0, doc="share of the received adapter blended into the trained one (0: none)", ge=0, lt=1
+    )
+    ul_answer_only: bool = setting(
+        False, doc="penalise only the answer's tokens (the option it names), not the reasoning"
+    )
+    ul_tail_tokens: int = setting(
+        0, doc="penalise only the last N tokens of a wrong answer (0: every token)", ge=0
+    )
+    ul_skip_math_ops: bool = setting(
+        False, doc="leave digits and arithmetic symbols out of the penalised tokens"
+    )
+    max_lose_ratio: float = setting(
+        2.0, doc="at most this many losses per win are kept, drawn at random", ge=0
+    )
+
+
+@register_algorithm("spear", SpearConfig, human_feedback=True)
 class SpearUpdate(ClientAlgorithm):
-    name = "spear"
+    METRIC_MEANINGS = {
+        "n_eff": "the wins trained on (at least 1); without a win, the prompts answered, and the "
+        "received adapter goes back unchanged (0 for judgements from the device's page, which "
+        "wait for a round with a win)",
+        "wins": "right first answers and right revisions, each paired with the original prompt",
+        "losses": "wrong answers pushed down by unlikelihood, after the cap of "
+        "spear.max_lose_ratio per win",
+    }
 
     def weights(self) -> LossWeights:
         s = self.cfg.spear

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from spearfl.cli.options import report_interrupt
 from spearfl.cli.resume import changed_settings
@@ -26,6 +27,9 @@ from spearfl.reporting.run_folder import (
     saved_config,
     set_aside,
 )
+
+if TYPE_CHECKING:
+    from spearfl.reporting.comparison import Pair
 
 
 def parse_algorithms(text: str | None, known: list[str]) -> list[str]:
@@ -44,20 +48,31 @@ def parse_algorithms(text: str | None, known: list[str]) -> list[str]:
     return names
 
 
+def _base_config(args: argparse.Namespace) -> tuple[Path, list[str], Config]:
+    """The config file, the ``--set`` items and what they give (raises ConfigError). Reading it
+    imports the module its ``algorithm.module`` names, so its algorithms can be compared."""
+    from spearfl.configs import default_config_path
+
+    path = Path(args.config) if args.config else default_config_path()
+    overrides = list(args.set or [])
+    return path, overrides, load_config(path, overrides)
+
+
 def _configs(
-    args: argparse.Namespace, names: list[str], seeds: list[int] | None
+    args: argparse.Namespace,
+    source: tuple[Path, list[str], Config],
+    names: list[str],
+    seeds: list[int] | None,
 ) -> tuple[Path, dict[str, Config]]:
-    """The comparison folder and one validated config per run (raises ConfigError).
+    """The comparison folder and one validated config per run (raises ConfigError);
+    ``source``: what :func:`_base_config` read.
 
     Without ``seeds`` the runs are ``DIR/<algorithm>/`` with the config's own seed, keyed by the
     algorithm; with them, ``DIR/seed-S/<algorithm>/`` with ``data.seed = S``, keyed
     ``seed-S/<algorithm>``, seed by seed."""
-    from spearfl.configs import default_config_path
     from spearfl.reporting.seeds import seed_overrides
 
-    path = Path(args.config) if args.config else default_config_path()
-    overrides = list(args.set or [])
-    base = load_config(path, overrides)
+    path, overrides, base = source
     # Beside the config's own run folder, not inside it: that folder belongs to its run.
     root = Path(args.output_dir) if args.output_dir else Path(f"{base.output_dir}-compare")
     if seeds is None:
@@ -130,21 +145,43 @@ def _check_folders(configs: dict[str, Config], overwrite: bool) -> bool:
     return True
 
 
+def cost_pair(target: str, baseline: str | None, names: list[str]) -> Pair | None:
+    """The report's cost line: ``target`` against ``--baseline`` (default: grpo when it runs
+    and is not the target; ``none``: no such line)."""
+    if baseline is None:
+        baseline = "grpo" if "grpo" in names and target != "grpo" else "none"
+    if baseline == "none":
+        return None
+    from spearfl.reporting.comparison import Pair  # matplotlib: only when a report is written
+
+    if baseline not in names or baseline == target:
+        raise ValueError(
+            f"--baseline {baseline!r} must be another of --algorithms {','.join(names)} (or none)"
+        )
+    return Pair(target, baseline)
+
+
 def run_compare(args: argparse.Namespace) -> int:
-    from spearfl.algorithms.registry import ALGORITHMS
+    from spearfl.algorithms.registry import algorithm_names
     from spearfl.cli.options import parse_seeds
 
     try:
-        names = parse_algorithms(args.algorithms, list(ALGORITHMS))
+        source = _base_config(args)
+    except ConfigError as err:
+        print(f"spearfl: config error: {err}", file=sys.stderr)
+        return 2
+    try:
+        names = parse_algorithms(args.algorithms, algorithm_names())
         seeds = parse_seeds(args.seeds, 0) if args.seeds else None
         target = args.target or ("spear" if "spear" in names else names[0])
         if target not in names:
             raise ValueError(f"--target {target!r} is not among --algorithms {','.join(names)}")
+        pair = cost_pair(target, args.baseline, names)
     except ValueError as err:
         print(f"spearfl: {err}", file=sys.stderr)
         return 2
     try:
-        root, configs = _configs(args, names, seeds)
+        root, configs = _configs(args, source, names, seeds)
     except ConfigError as err:
         print(f"spearfl: config error: {err}", file=sys.stderr)
         return 2
@@ -189,7 +226,8 @@ def run_compare(args: argparse.Namespace) -> int:
     if seeds is None:
         from spearfl.reporting.comparison import write_comparison
 
-        md, png = write_comparison({n: c.output_dir for n, c in configs.items()}, root, note + ".")
+        runs = {n: c.output_dir for n, c in configs.items()}
+        md, png = write_comparison(runs, root, note + ".", pair)
     else:
         from spearfl.reporting.seeds import write_seed_comparison
 
@@ -228,6 +266,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="the algorithm compared against each of the others in the report (default: spear "
         "when it runs, else the first of --algorithms)",
+    )
+    compare.add_argument(
+        "--baseline",
+        metavar="NAME",
+        help="the algorithm the target's cost (tokens, completions, memory) is divided by in the "
+        "report (default: grpo when it runs; none: no such line)",
     )
     compare.add_argument(
         "--output-dir",

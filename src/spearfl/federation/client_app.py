@@ -91,7 +91,7 @@ def train(msg: Message, context: Context) -> Message:
     reset_gpu_peak(device)  # this round's high-water mark, not the process's
     ready = time.perf_counter() - started  # imports, model and data loading: none when cached
     result = worker.train(adapter, round_num, client_id, device_dir)
-    metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    metrics = result.metrics.to_record()  # the algorithm's own; then what this app measures
     metrics["n_eff"] = float(result.n_eff)
     metrics["client_seconds"] = time.perf_counter() - started
     metrics["client_ready_seconds"] = ready

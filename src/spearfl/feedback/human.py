@@ -96,7 +96,8 @@ class HumanFeedback(FeedbackProvider):
     """People judge on the device's page (``spearfl serve``); a round trains on what they said.
 
     There is no one to ask during the round, so :meth:`check` and :meth:`feedback` refuse: only
-    algorithms that learn from stored verdicts (``config.HUMAN_ALGORITHMS``) take this provider.
+    algorithms that learn from stored verdicts (registered with ``human_feedback=True``) take
+    this provider.
     """
 
     def check(self, example: Example, completion: str) -> bool:

@@ -228,40 +228,52 @@ def _ratio(a: float | None, b: float | None, unit: str = "") -> str:
     return f"{a / b:.2f}× ({a:,.0f} vs {b:,.0f}{unit})"
 
 
-def ratio_line(stats: Sequence[RunStats]) -> str | None:
-    """SPEAR against GRPO on cost and accuracy, or None unless both ran."""
+@dataclass(frozen=True)
+class Pair:
+    """The two algorithms the report sets side by side on cost (``spearfl compare --target``
+    and ``--baseline``): by default SPEAR and GRPO, the cost the paper's claim is about."""
+
+    target: str
+    baseline: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.target} vs {self.baseline}"
+
+
+def ratio_line(stats: Sequence[RunStats], pair: Pair) -> str | None:
+    """The pair on cost and accuracy, or None unless both ran."""
     by_name = {s.algorithm: s for s in stats}
-    spear, grpo = by_name.get("spear"), by_name.get("grpo")
-    if spear is None or grpo is None:
+    a, b = by_name.get(pair.target), by_name.get(pair.baseline)
+    if a is None or b is None:
         return None
-    if spear.final_accuracy is None or grpo.final_accuracy is None:
+    if a.final_accuracy is None or b.final_accuracy is None:
         accuracy = "n/a"
     else:
-        diff = spear.final_accuracy - grpo.final_accuracy
-        accuracy = f"{diff:+.3f} ({spear.final_accuracy:.3f} vs {grpo.final_accuracy:.3f})"
+        diff = a.final_accuracy - b.final_accuracy
+        accuracy = f"{diff:+.3f} ({a.final_accuracy:.3f} vs {b.final_accuracy:.3f})"
     return (
-        f"SPEAR vs GRPO: tokens per round {_ratio(spear.tokens_per_round, grpo.tokens_per_round)}"
-        f"; completions per round "
-        f"{_ratio(spear.completions_per_round, grpo.completions_per_round)}"
+        f"{pair.label}: tokens per round {_ratio(a.tokens_per_round, b.tokens_per_round)}"
+        f"; completions per round {_ratio(a.completions_per_round, b.completions_per_round)}"
         f"; final accuracy {accuracy}"
-        f"; peak client memory {_ratio(spear.peak_rss_mb, grpo.peak_rss_mb, ' MB')}."
+        f"; peak client memory {_ratio(a.peak_rss_mb, b.peak_rss_mb, ' MB')}."
     )
 
 
-def per_round_table(stats: Sequence[RunStats]) -> list[str]:
-    """Markdown lines: per round, each algorithm's tokens and first-answer accuracy, and SPEAR's
-    tokens over GRPO's when both ran. Empty when no run has a client round."""
+def per_round_table(stats: Sequence[RunStats], pair: Pair | None = None) -> list[str]:
+    """Markdown lines: per round, each algorithm's tokens and first-answer accuracy, and the
+    pair's ratio of tokens when both ran. Empty when no run has a client round."""
     rounds = sorted({c.round for s in stats for c in s.per_round})
     if not rounds:
         return []
     by_round = {s.algorithm: {c.round: c for c in s.per_round} for s in stats}
     names = [s.algorithm for s in stats]
-    both = "spear" in by_round and "grpo" in by_round
+    both = pair is not None and pair.target in by_round and pair.baseline in by_round
     header = ["round"]
     for name in names:
         header += [f"{name} tokens", f"{name} first right"]
     if both:
-        header.append("spear/grpo tokens")
+        header.append(f"{pair.target}/{pair.baseline} tokens")
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---:"] * len(header)) + "|"]
     for r in rounds:
         cells = [str(r)]
@@ -270,14 +282,14 @@ def per_round_table(stats: Sequence[RunStats]) -> list[str]:
             cells.append(MISSING if cost is None else format(cost.tokens, ","))
             cells.append(MISSING if cost is None else _fmt(cost.first_accuracy, ".0%"))
         if both:
-            spear, grpo = by_round["spear"].get(r), by_round["grpo"].get(r)
-            ok = spear is not None and grpo is not None and grpo.tokens > 0
-            cells.append(f"{spear.tokens / grpo.tokens:.2f}" if ok else MISSING)
+            a, b = by_round[pair.target].get(r), by_round[pair.baseline].get(r)
+            ok = a is not None and b is not None and b.tokens > 0
+            cells.append(f"{a.tokens / b.tokens:.2f}" if ok else MISSING)
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def comparison_markdown(stats: Sequence[RunStats], note: str = "") -> str:
+def comparison_markdown(stats: Sequence[RunStats], note: str = "", pair: Pair | None = None) -> str:
     """The whole ``comparison.md``: table, ratio line, what the columns mean."""
     rows = table_rows(stats)
     lines = ["# Algorithm comparison", ""]
@@ -286,10 +298,10 @@ def comparison_markdown(stats: Sequence[RunStats], note: str = "") -> str:
     lines.append("| " + " | ".join(TABLE_COLUMNS) + " |")
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(TABLE_COLUMNS) - 1)) + "|")
     lines += ["| " + " | ".join(row[c] for c in TABLE_COLUMNS) + " |" for row in rows]
-    ratio = ratio_line(stats)
+    ratio = ratio_line(stats, pair) if pair is not None else None
     if ratio:
         lines += ["", ratio]
-    rounds = per_round_table(stats)
+    rounds = per_round_table(stats, pair)
     if rounds:
         lines += [
             "",
@@ -347,11 +359,13 @@ def write_comparison(
     runs: Mapping[str, str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
     note: str = "",
+    pair: Pair | None = None,
 ) -> tuple[Path, Path]:
-    """Read ``{algorithm: run directory}`` and write ``comparison.md`` and ``comparison.png``."""
+    """Read ``{algorithm: run directory}`` and write ``comparison.md`` and ``comparison.png``;
+    ``pair``: the two set side by side on cost (None: no such line)."""
     stats = [load_run(name, folder) for name, folder in runs.items()]
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     md = folder / COMPARISON_MD
-    md.write_text(comparison_markdown(stats, note), encoding="utf-8")
+    md.write_text(comparison_markdown(stats, note, pair), encoding="utf-8")
     return md, plot_comparison(stats, folder / COMPARISON_PNG)
