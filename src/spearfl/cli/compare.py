@@ -52,7 +52,7 @@ def _configs(
     Without ``seeds`` the runs are ``DIR/<algorithm>/`` with the config's own seed, keyed by the
     algorithm; with them, ``DIR/seed-S/<algorithm>/`` with ``data.seed = S``, keyed
     ``seed-S/<algorithm>``, seed by seed."""
-    from spearfl.configs import default_config_path
+    from spearfl.presets import default_config_path
     from spearfl.reporting.seeds import seed_overrides
 
     path = Path(args.config) if args.config else default_config_path()
