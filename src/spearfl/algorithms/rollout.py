@@ -53,7 +53,7 @@ def sample_prompts(examples: Sequence[Example], count: int, rng: random.Random) 
 
 
 @dataclass
-class Generator:
+class CountingGenerator:
     """Generation settings bound to a policy and a task, counting every completion and token
     generated and every prompt left out for being too long.
 
@@ -126,7 +126,7 @@ def self_play_rollout(
     format fix not tried.
     """
     start = time.perf_counter()
-    generator = Generator(policy, gen, task, skip_bad_rows)
+    generator = CountingGenerator(policy, gen, task, skip_bad_rows)
     prompts = [policy.encode(task.messages(ex), task.assistant_prefix(ex)) for ex in examples]
     kept = generator.fit(prompts, examples)
     examples, prompts = [examples[i] for i in kept], [prompts[i] for i in kept]
