@@ -18,6 +18,7 @@ import os
 import string
 import types
 import typing
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -352,8 +353,9 @@ class OptimConfig(_Section, section="optim"):
 
 @dataclass
 class FeedbackConfig(_Section, section="feedback"):
+    # verdict_only: the oracle only says right or wrong: no hints, and SPEAR makes no revisions.
     # human: SPEAR trains on what people said on the device's feedback page (spearfl serve).
-    provider: Literal["oracle", "none", "human"] = "oracle"
+    provider: Literal["oracle", "verdict_only", "human"] = "oracle"
     mc_hint_words: int = _f(3, ge=1)
     # partial: hint stays shorter than the option; paper: the paper's exact first-N-words rule.
     mc_hint_style: Literal["partial", "paper"] = "partial"
@@ -362,6 +364,17 @@ class FeedbackConfig(_Section, section="feedback"):
     hints: bool = True
     # where each device keeps its feedback inbox (client-N/feedback.sqlite); "" = OUTPUT/devices
     store_dir: str = ""
+
+    def __post_init__(self) -> None:
+        if self.provider == "none":  # the old name of verdict_only: the oracle still judges
+            warnings.warn(
+                "feedback.provider: 'none' is deprecated (the oracle still judges every answer); "
+                "use 'verdict_only'",
+                FutureWarning,
+                stacklevel=2,
+            )
+            self.provider = "verdict_only"
+        super().__post_init__()
 
 
 @dataclass

@@ -119,7 +119,7 @@ def self_play_rollout(
 ) -> RolloutResult:
     """Answer each prompt once, revise wrong answers with feedback, commit wins and losses.
 
-    ``revise=False`` is the no-feedback-provider setting: every wrong answer is a loss with
+    ``revise=False`` is the verdicts-only setting: every wrong answer is a loss with
     confidence 0.5. ``hints=False`` keeps the revisions but tells them only "wrong".
     A prompt too long for ``model.max_seq_len`` is an error, or with ``skip_bad_rows`` left
     out and counted (``skipped_prompts``): its question is not answered, its revision or
