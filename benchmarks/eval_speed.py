@@ -14,9 +14,9 @@ import json
 import time
 
 from spearfl.config import load_config
-from spearfl.configs import default_config_path
 from spearfl.evaluation.evaluator import Evaluator
 from spearfl.federation.worker import shared_policy, shared_task_data
+from spearfl.presets import default_config_path
 
 OUTCOMES = ("correct", "option_correct")
 

@@ -17,9 +17,9 @@ import random
 
 from spearfl.algorithms.rollout import self_play_rollout
 from spearfl.config import load_config
-from spearfl.configs import default_config_path
 from spearfl.federation.worker import shared_policy, shared_task_data
 from spearfl.models.adapter import load_adapter
+from spearfl.presets import default_config_path
 from spearfl.tasks.registry import build_feedback
 
 

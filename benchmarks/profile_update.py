@@ -27,10 +27,10 @@ from torch.profiler import ProfilerActivity, profile
 
 from spearfl.algorithms import spear as spear_module
 from spearfl.config import load_config
-from spearfl.configs import default_config_path
 from spearfl.federation.worker import ClientWorker
 from spearfl.feedback.base import FeedbackProvider
 from spearfl.models import generation
+from spearfl.presets import default_config_path
 
 PHASES = ("prefix", "prefill", "decode", "feedback", "train")
 

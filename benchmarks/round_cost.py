@@ -30,10 +30,10 @@ from typing import Any
 import torch
 
 from spearfl.config import Config, load_config
-from spearfl.configs import default_config_path
 from spearfl.federation.memory import peak_rss_mb, rss_mb
 from spearfl.federation.server import Delivery, FederatedServer, Reply, SendRound, should_evaluate
 from spearfl.federation.worker import ClientWorker
+from spearfl.presets import default_config_path
 
 
 def client_row(round_num: int, client_id: int, metrics: dict[str, float]) -> dict[str, Any]:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import psutil
 
-from spearfl.configs import default_config_path
 from spearfl.federation.checkpoint import checkpoint_round
+from spearfl.presets import default_config_path
 
 SIGNALS = {"int": signal.SIGINT, "term": signal.SIGTERM, "kill": signal.SIGKILL}
 

@@ -44,11 +44,11 @@ from spearfl.algorithms.rollout import Trace
 from spearfl.algorithms.scoring import align_flags, build_batch, completion_logprobs
 from spearfl.algorithms.spear import SpearUpdate, cap_losses
 from spearfl.config import Config, load_config
-from spearfl.configs import default_config_path
 from spearfl.evaluation.evaluator import Evaluator
 from spearfl.federation.server import Delivery, FederatedServer, Reply
 from spearfl.federation.worker import ClientWorker
 from spearfl.models.policy import Policy
+from spearfl.presets import default_config_path
 from spearfl.tasks.base import Example, Task
 from spearfl.tasks.embedded import normalise
 

@@ -304,8 +304,8 @@ def test_provider_settings_an_algorithm_does_not_read_get_a_note(arc_config, tmp
     path = write_config(tmp_path, arc_config)
     assert main(["check", str(path), "--set", "algorithm.name=grpo"]) == 0
     assert "feedback.provider / feedback.hints have no effect" not in capsys.readouterr().out
-    grpo_none = ["--set", "algorithm.name=grpo", "--set", "feedback.provider=none"]
-    assert main(["check", str(path), *grpo_none]) == 0
+    grpo_verdicts = ["--set", "algorithm.name=grpo", "--set", "feedback.provider=verdict_only"]
+    assert main(["check", str(path), *grpo_verdicts]) == 0
     assert "feedback.provider / feedback.hints have no effect on grpo" in capsys.readouterr().out
     assert main(["check", str(path), "--set", "feedback.provider=human"]) == 0
     assert "clients train only on what people judged" in capsys.readouterr().out

@@ -228,7 +228,7 @@ def _finished(cfg, run_dir: Path, clients_in_round: dict[int, int] | None = None
 def _config_for(out: Path, name: str, *sets: str):
     """The config ``spearfl compare --set SETS`` gives ``name`` (the embedded demo's file)."""
     from spearfl.config import load_config
-    from spearfl.configs import default_config_path
+    from spearfl.presets import default_config_path
 
     overrides = [*sets, f"algorithm.name={name}", f"output_dir={out / name}"]
     return load_config(default_config_path(), overrides)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -303,6 +304,23 @@ def test_choice_errors() -> None:
     assert "fl.aggregation must be one of fedavg, fedadam, fedyogi" in _error(
         ["fl.aggregation=fedsgd"]
     )
+
+
+def test_provider_none_is_the_old_name_of_verdict_only(tmp_path: Path) -> None:
+    path = _write(tmp_path, "feedback:\n  provider: none\n")
+    with pytest.warns(FutureWarning, match="verdict_only") as caught:
+        cfg = load_config(path)
+    assert "feedback.provider" in str(caught[0].message)
+    assert cfg.feedback.provider == "verdict_only"
+    out = tmp_path / "saved" / "config.yaml"
+    save_config(cfg, out)
+    assert "provider: verdict_only" in out.read_text()
+    with pytest.warns(FutureWarning, match="verdict_only"):
+        assert load_config(None, ["feedback.provider=none"]).feedback.provider == "verdict_only"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_config(out).feedback.provider == "verdict_only"
+        assert load_config(None, ["feedback.provider=verdict_only"]) == cfg
 
 
 def test_cross_field_checks() -> None:

@@ -23,8 +23,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def page(tiny_model_dir, tmp_path):
-    from spearfl.device.model import DeviceModel
-    from spearfl.device.page import create_app
+    from spearfl.feedback_page.model import DeviceModel
+    from spearfl.feedback_page.page import create_app
 
     cfg = load_config(None, device_overrides(tiny_model_dir, tmp_path / "run"))
     device_dir = cfg.device_dir(0)

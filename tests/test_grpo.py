@@ -23,7 +23,7 @@ from spearfl.algorithms.policy_gradient import (
     sequence_logprobs,
 )
 from spearfl.algorithms.registry import algorithm_spec
-from spearfl.algorithms.rollout import Generator
+from spearfl.algorithms.rollout import CountingGenerator
 from spearfl.config import GenConfig, load_config
 from spearfl.feedback.oracle import OracleFeedback
 
@@ -230,7 +230,7 @@ def _one_step_state(cfg, policy, task, examples, reference, micro_index: int) ->
     return RoundState(
         examples=examples,
         reference=reference,
-        generator=Generator(policy, sampling_settings(cfg.gen), task),
+        generator=CountingGenerator(policy, sampling_settings(cfg.gen), task),
         rng=random.Random(0),
         accum=1,
         micro_index=micro_index,

@@ -20,7 +20,7 @@ from spearfl.algorithms.rltf_sd import (
     rltf_advantages,
     rollout_prompt_count,
 )
-from spearfl.algorithms.rollout import Generator
+from spearfl.algorithms.rollout import CountingGenerator
 from spearfl.config import ConfigError, config_from_dict, load_config
 from spearfl.feedback.oracle import OracleFeedback
 
@@ -314,7 +314,7 @@ def _rolled_out(cfg, policy, task, examples, seed=0):
     state = RoundState(
         examples=examples,
         reference=policy.get_adapter(),
-        generator=Generator(policy, sampling_settings(cfg.gen), task),
+        generator=CountingGenerator(policy, sampling_settings(cfg.gen), task),
         rng=random.Random(seed),
         accum=cfg.optim.grad_accum_steps,
     )
@@ -437,7 +437,9 @@ def test_micro_steps_draw_batch_size_traces(tiny_model_dir, parity, policy, monk
         drawn.clear()
         cfg = _config(tiny_model_dir, f"optim.batch_size={batch_size}")
         algo = RLTFSDUpdate(cfg, policy, task, OracleFeedback(task))
-        state = RoundState(examples, {}, Generator(policy, cfg.gen, task), random.Random(seed), 1)
+        state = RoundState(
+            examples, {}, CountingGenerator(policy, cfg.gen, task), random.Random(seed), 1
+        )
         state.rollout = _hand_rollout(count)
         for _ in range(3):
             algo.micro_step(state, 1.0)

@@ -334,9 +334,9 @@ def test_spear_rollout_samples_local_rollout_steps_prompts():
     ]
 
 
-def test_spear_rollout_provider_none_skips_revisions():
+def test_spear_rollout_verdict_only_skips_revisions():
     policy = ScriptedPolicy({_options(EX_FIX): ["car", "dog"]})
-    result = _spear(policy, "feedback.provider=none").rollout([EX_FIX], CTX)
+    result = _spear(policy, "feedback.provider=verdict_only").rollout([EX_FIX], CTX)
     assert result.wins == []
     assert [(t.text, t.confidence) for t in result.losses] == [("car", 0.5)]
     assert len(policy.calls) == 1

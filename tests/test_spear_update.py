@@ -112,7 +112,7 @@ def test_no_wins_returns_the_received_adapter_unchanged():
 
 
 def test_no_wins_with_fewer_examples_than_rollout_steps():
-    cfg = load_config(None, ["fl.local_rollout_steps=80", "feedback.provider=none"])
+    cfg = load_config(None, ["fl.local_rollout_steps=80", "feedback.provider=verdict_only"])
     result = SpearUpdate(cfg, AlwaysWrongPolicy(), TASK, ORACLE).update(
         {"a": torch.ones(1)}, EXAMPLES[:3], RoundContext(2, 5, 0, 1)
     )

@@ -18,6 +18,7 @@ import os
 import string
 import types
 import typing
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -383,10 +384,11 @@ class OptimConfig(Section, section="optim"):
 class FeedbackConfig(Section, section="feedback"):
     """Who judges the answers, and what a hint may say."""
 
-    provider: Literal["oracle", "none", "human"] = setting(
+    provider: Literal["oracle", "verdict_only", "human"] = setting(
         "oracle",
-        doc="oracle: the dataset's gold fields judge and hint; none: judged, no revisions; "
-        "human: what people said on the device's feedback page (spearfl serve)",
+        doc="oracle: the dataset's gold fields judge and hint; verdict_only: the oracle says only "
+        "right or wrong (no hints, no SPEAR revisions; `none` is its old name); human: what "
+        "people said on the device's feedback page (spearfl serve)",
     )
     mc_hint_words: int = setting(3, doc="words of the right option a hint may quote", ge=1)
     mc_hint_style: Literal["partial", "paper"] = setting(
@@ -399,6 +401,17 @@ class FeedbackConfig(Section, section="feedback"):
     store_dir: str = setting(
         "", doc="where each device keeps its feedback inbox (empty: <output_dir>/devices)"
     )
+
+    def __post_init__(self) -> None:
+        if self.provider == "none":  # the old name of verdict_only: the oracle still judges
+            warnings.warn(
+                "feedback.provider: 'none' is deprecated (the oracle still judges every answer); "
+                "use 'verdict_only'",
+                FutureWarning,
+                stacklevel=2,
+            )
+            self.provider = "verdict_only"
+        super().__post_init__()
 
 
 @dataclass

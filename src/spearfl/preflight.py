@@ -279,7 +279,7 @@ def _notes(cfg: Config, model: ModelFiles, labels: set[str]) -> list[str]:
             "device pages (spearfl serve); a device with nothing new sits the round out"
         )
     if cfg.algorithm.name in ("grpo", "opsd"):
-        if fb.provider == "none" or not fb.hints:
+        if fb.provider == "verdict_only" or not fb.hints:
             notes.append(
                 f"feedback.provider / feedback.hints have no effect on {cfg.algorithm.name}: "
                 "it asks only whether an answer is right, never for a hint"

@@ -26,7 +26,7 @@ import torch
 from spearfl.algorithms.base import ClientAlgorithm, ClientUpdateResult, RoundContext
 from spearfl.algorithms.losses import anchor_loss, distill_kl
 from spearfl.algorithms.registry import register_algorithm
-from spearfl.algorithms.rollout import Generator, Trace, sample_prompts
+from spearfl.algorithms.rollout import CountingGenerator, Trace, sample_prompts
 from spearfl.algorithms.scoring import (
     build_batch,
     completion_logits,
@@ -164,7 +164,7 @@ class OPSDUpdate(ClientAlgorithm):
         policy.set_adapter(global_adapter)
         started = time.perf_counter()
         chosen = sample_prompts(examples, self.cfg.fl.local_rollout_steps, ctx.rng("prompts"))
-        generator = Generator(policy, self.cfg.gen, task, self.cfg.data.skip_bad_rows)
+        generator = CountingGenerator(policy, self.cfg.gen, task, self.cfg.data.skip_bad_rows)
         prompts = [policy.encode(task.messages(ex), task.assistant_prefix(ex)) for ex in chosen]
         kept = generator.fit(prompts, chosen)
         chosen, prompts = [chosen[i] for i in kept], [prompts[i] for i in kept]

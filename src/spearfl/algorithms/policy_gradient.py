@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from spearfl.algorithms.base import ClientAlgorithm, ClientUpdateResult, RoundContext
-from spearfl.algorithms.rollout import Generator
+from spearfl.algorithms.rollout import CountingGenerator
 from spearfl.algorithms.scoring import (
     TokenBatch,
     build_batch,
@@ -167,7 +167,7 @@ class RoundState:
     examples: Sequence[Example]
     reference: Mapping[str, torch.Tensor]
     """The adapter received at the round's start: the KL reference."""
-    generator: Generator
+    generator: CountingGenerator
     rng: random.Random
     accum: int
     micro_index: int = 0
@@ -217,7 +217,7 @@ class OnlineRLUpdate(ClientAlgorithm):
         state = RoundState(
             examples=examples,
             reference=global_adapter,
-            generator=Generator(
+            generator=CountingGenerator(
                 policy, sampling_settings(self.cfg.gen), self.task, self.cfg.data.skip_bad_rows
             ),
             rng=ctx.rng("prompts"),

@@ -251,9 +251,9 @@ class RLTFSDUpdate(OnlineRLUpdate):
     }
 
     def hint(self, example: Example, attempt: str) -> str:
-        """The provider's partial hint; a bare "wrong" without hints or without a provider."""
+        """The provider's partial hint; a bare "wrong" without hints or with verdicts only."""
         fb = self.cfg.feedback
-        if not fb.hints or fb.provider == "none":
+        if not fb.hints or fb.provider == "verdict_only":
             return BARE_HINT
         feedback = self.provider.feedback(example, attempt)
         if feedback.correct:

@@ -53,7 +53,7 @@ def sample_prompts(examples: Sequence[Example], count: int, rng: random.Random) 
 
 
 @dataclass
-class Generator:
+class CountingGenerator:
     """Generation settings bound to a policy and a task, counting every completion and token
     generated and every prompt left out for being too long.
 
@@ -119,14 +119,14 @@ def self_play_rollout(
 ) -> RolloutResult:
     """Answer each prompt once, revise wrong answers with feedback, commit wins and losses.
 
-    ``revise=False`` is the no-feedback-provider setting: every wrong answer is a loss with
+    ``revise=False`` is the verdicts-only setting: every wrong answer is a loss with
     confidence 0.5. ``hints=False`` keeps the revisions but tells them only "wrong".
     A prompt too long for ``model.max_seq_len`` is an error, or with ``skip_bad_rows`` left
     out and counted (``skipped_prompts``): its question is not answered, its revision or
     format fix not tried.
     """
     start = time.perf_counter()
-    generator = Generator(policy, gen, task, skip_bad_rows)
+    generator = CountingGenerator(policy, gen, task, skip_bad_rows)
     prompts = [policy.encode(task.messages(ex), task.assistant_prefix(ex)) for ex in examples]
     kept = generator.fit(prompts, examples)
     examples, prompts = [examples[i] for i in kept], [prompts[i] for i in kept]

@@ -107,7 +107,7 @@ class SpearUpdate(ClientAlgorithm):
             self.provider,
             chosen,
             self.cfg.gen,
-            revise=fb.provider != "none",
+            revise=fb.provider != "verdict_only",
             hints=fb.hints,
             skip_bad_rows=self.cfg.data.skip_bad_rows,
         )

@@ -51,7 +51,7 @@ def parse_algorithms(text: str | None, known: list[str]) -> list[str]:
 def _base_config(args: argparse.Namespace) -> tuple[Path, list[str], Config]:
     """The config file, the ``--set`` items and what they give (raises ConfigError). Reading it
     imports the module its ``algorithm.module`` names, so its algorithms can be compared."""
-    from spearfl.configs import default_config_path
+    from spearfl.presets import default_config_path
 
     path = Path(args.config) if args.config else default_config_path()
     overrides = list(args.set or [])

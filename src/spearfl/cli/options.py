@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from spearfl.config import Config, ConfigError, load_config
-from spearfl.configs import default_config_path
 from spearfl.federation.interrupt import RunInterrupted
+from spearfl.presets import default_config_path
 
 
 def config_source(args: argparse.Namespace, extra: Sequence[str] = ()) -> tuple[Path, list[str]]:

@@ -177,9 +177,9 @@ def _serve(
 ) -> int:
     """The page in a thread of its own, and the main thread's job of the mode; the page is
     stopped whatever way that job ends."""
-    from spearfl.device.model import DeviceModel
-    from spearfl.device.page import RoundTrigger, create_app
     from spearfl.feedback.store import FeedbackStore
+    from spearfl.feedback_page.model import DeviceModel
+    from spearfl.feedback_page.page import RoundTrigger, create_app
 
     client_id = args.client_id
     device_dir = Path(args.device_dir) if args.device_dir else cfg.device_dir(client_id)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from spearfl.cli.options import parse_seeds
 from spearfl.config import Config, ConfigError, load_config
-from spearfl.configs import default_config_path
+from spearfl.presets import default_config_path
 from spearfl.reporting.history import HISTORY_FILE, SUMMARY_FILE
 
 __all__ = [

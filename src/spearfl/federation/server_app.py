@@ -21,7 +21,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from flwr.serverapp import Grid, ServerApp
 
 from spearfl.config import Config, ConfigError, load_config
-from spearfl.configs import default_config_path
 from spearfl.federation.client_app import ADAPTER, CONFIG, METRICS
 from spearfl.federation.server import (
     Delivery,
@@ -33,6 +32,7 @@ from spearfl.federation.server import (
 )
 from spearfl.federation.worker import forget_policy
 from spearfl.hub import apply_hf_settings
+from spearfl.presets import default_config_path
 from spearfl.reporting.live import reporting_to
 
 log = logging.getLogger(__name__)

@@ -167,7 +167,7 @@ def task_notes(cfg: Config) -> list[str]:
 
 def build_feedback(cfg: Config, task: Task) -> FeedbackProvider:
     """``human``: what people judged on the device's page. Otherwise the oracle decides
-    correctness; ``none`` only turns revisions off."""
+    correctness; ``verdict_only`` keeps its verdicts and drops its hints and SPEAR's revisions."""
     if cfg.feedback.provider == "human":
         from spearfl.feedback.human import HumanFeedback  # imported lazily: it needs torch
 

@@ -19,7 +19,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, StringConstraints
 
-from spearfl.device.model import DeviceModel
 from spearfl.feedback.store import (
     MAX_HINT_CHARS,
     MAX_PROMPT_CHARS,
@@ -28,6 +27,7 @@ from spearfl.feedback.store import (
     StoreError,
     UnknownInteraction,
 )
+from spearfl.feedback_page.model import DeviceModel
 
 MAX_BODY_BYTES = 64 * 1024
 RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
@@ -119,7 +119,8 @@ def create_app(
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
-        return resources.files("spearfl.device").joinpath("static/index.html").read_text("utf-8")
+        page_file = resources.files("spearfl.feedback_page").joinpath("static/index.html")
+        return page_file.read_text("utf-8")
 
     @app.get("/api/status")
     def status() -> dict:
