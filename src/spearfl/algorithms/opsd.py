@@ -31,7 +31,13 @@ from spearfl.algorithms.scoring import (
     forward_passes,
     vocab_size,
 )
-from spearfl.algorithms.training import round_lr, run_local_steps, sample_batch, training_mode
+from spearfl.algorithms.training import (
+    mean,
+    round_lr,
+    run_local_steps,
+    sample_batch,
+    training_mode,
+)
 from spearfl.config import Config
 from spearfl.models.policy import Policy
 from spearfl.tasks.base import PLAIN, Example, Message
@@ -110,7 +116,7 @@ class OPSDUpdate(ClientAlgorithm):
         with training_mode(policy.model):
             stats = run_local_steps(policy.trainable(), lr=lr, cfg=self.cfg, micro_step=step)
         metrics.update(
-            mean_loss=sum(stats.losses) / len(stats.losses) if stats.losses else 0.0,
+            mean_loss=mean(stats.losses),
             steps=stats.steps,
             skipped_steps=stats.skipped,
             prox_penalty=stats.prox_penalty,

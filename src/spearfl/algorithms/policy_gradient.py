@@ -27,7 +27,7 @@ from spearfl.algorithms.scoring import (
     forward_passes,
     vocab_size,
 )
-from spearfl.algorithms.training import round_lr, run_local_steps
+from spearfl.algorithms.training import mean, round_lr, run_local_steps
 from spearfl.config import GenConfig
 from spearfl.models.generation import Completion
 from spearfl.models.policy import Policy
@@ -250,7 +250,7 @@ class OnlineRLUpdate(ClientAlgorithm):
             "y0_accuracy": c["y0_correct"] / samples,
             "wins": float(c["wins"]),
             "losses": float(c["losses"]),
-            "mean_loss": sum(stats.losses) / len(stats.losses) if stats.losses else 0.0,
+            "mean_loss": mean(stats.losses),
             "steps": float(stats.steps),
             "skipped_steps": float(stats.skipped),
             "prox_penalty": stats.prox_penalty,

@@ -24,6 +24,7 @@ from spearfl.algorithms.scoring import (
 )
 from spearfl.algorithms.training import (
     ema_blend,
+    mean,
     round_lr,
     run_local_steps,
     sample_batch,
@@ -158,9 +159,9 @@ class SpearUpdate(ClientAlgorithm):
         metrics.update(
             wins=len(wins),
             losses=len(losses),
-            mean_loss=_mean(stats.losses),
-            mean_win_loss=_mean(step.win_parts),
-            mean_lose_loss=_mean(step.lose_parts),
+            mean_loss=mean(stats.losses),
+            mean_win_loss=mean(step.win_parts),
+            mean_lose_loss=mean(step.lose_parts),
             steps=stats.steps,
             skipped_steps=stats.skipped,
             prox_penalty=stats.prox_penalty,
@@ -168,10 +169,6 @@ class SpearUpdate(ClientAlgorithm):
             trained=1,
         )
         return ClientUpdateResult(adapter, float(max(1, len(wins))), metrics)
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else 0.0
 
 
 class SpearMicroStep:
