@@ -155,9 +155,10 @@ def run_case(model_dir: str, algorithm: str, rows: int, path: str, grads_out: st
             return outs
 
         algo = GRPOUpdate(cfg, policy, task, OracleFeedback(task))
-        algo.encode_prompts = lambda chosen: [
-            list(shared + _ids(random.Random(ex.uid), PROMPT_TOKENS // 2)) for ex in chosen
-        ]
+        algo.fitting_prompts = lambda state, chosen: (
+            list(chosen),
+            [list(shared + _ids(random.Random(ex.uid), PROMPT_TOKENS // 2)) for ex in chosen],
+        )
         state = RoundState(examples, adapter, generator, random.Random(3), accum=1)
         before = _peak_mb()
         loss = algo.micro_step(state, 1.0)

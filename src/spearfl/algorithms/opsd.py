@@ -39,7 +39,7 @@ from spearfl.algorithms.training import (
     training_mode,
 )
 from spearfl.config import Config
-from spearfl.models.policy import Policy
+from spearfl.models.policy import Policy, question_prompts
 from spearfl.tasks.base import PLAIN, Example, Message
 
 REFERENCE_LABEL = "Reference:"
@@ -78,7 +78,7 @@ class OPSDUpdate(ClientAlgorithm):
         started = time.perf_counter()
         chosen = sample_prompts(examples, self.cfg.fl.local_rollout_steps, ctx.rng("prompts"))
         generator = Generator(policy, self.cfg.gen, task, self.cfg.data.skip_bad_rows)
-        prompts = [policy.encode(task.messages(ex), task.assistant_prefix(ex)) for ex in chosen]
+        prompts = question_prompts(policy, task, chosen)
         kept = generator.fit(prompts, chosen)
         chosen, prompts = [chosen[i] for i in kept], [prompts[i] for i in kept]
         outs = generator(prompts, self.cfg.gen.max_new_tokens_y0)

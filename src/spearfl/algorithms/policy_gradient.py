@@ -30,7 +30,7 @@ from spearfl.algorithms.scoring import (
 from spearfl.algorithms.training import mean, round_lr, run_local_steps
 from spearfl.config import GenConfig
 from spearfl.models.generation import Completion
-from spearfl.models.policy import Policy
+from spearfl.models.policy import Policy, question_prompts
 from spearfl.tasks.base import Example
 
 Row = tuple[Sequence[int], Sequence[int]]
@@ -261,16 +261,12 @@ class OnlineRLUpdate(ClientAlgorithm):
         return ClientUpdateResult(policy.get_adapter(), self.n_eff(state), metrics)
 
     # ---------------------------------------------------------------- helpers
-    def encode_prompts(self, examples: Sequence[Example]) -> list[list[int]]:
-        task = self.task
-        return [self.policy.encode(task.messages(ex), task.assistant_prefix(ex)) for ex in examples]
-
     def fitting_prompts(
         self, state: RoundState, examples: Sequence[Example]
     ) -> tuple[list[Example], list[list[int]]]:
         """The examples whose question prompt leaves room to answer, and those prompts (an
         over-long one is an error, or skipped and counted with ``data.skip_bad_rows``)."""
-        prompts = self.encode_prompts(examples)
+        prompts = question_prompts(self.policy, self.task, examples)
         kept = state.generator.fit(prompts, examples)
         return [examples[i] for i in kept], [prompts[i] for i in kept]
 

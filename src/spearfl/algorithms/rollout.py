@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from spearfl.config import GenConfig
 from spearfl.feedback.base import FeedbackProvider
 from spearfl.models.generation import Completion, answer_stop
-from spearfl.models.policy import Policy, fit_prompts
+from spearfl.models.policy import Policy, fit_prompts, question_prompts
 from spearfl.tasks.base import Example, Task
 
 CONFIDENCE_FIXED = 1.0
@@ -127,7 +127,7 @@ def self_play_rollout(
     """
     start = time.perf_counter()
     generator = Generator(policy, gen, task, skip_bad_rows)
-    prompts = [policy.encode(task.messages(ex), task.assistant_prefix(ex)) for ex in examples]
+    prompts = question_prompts(policy, task, examples)
     kept = generator.fit(prompts, examples)
     examples, prompts = [examples[i] for i in kept], [prompts[i] for i in kept]
     first = generator(prompts, gen.max_new_tokens_y0)
