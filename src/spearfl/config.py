@@ -345,8 +345,10 @@ class OptimConfig(_Section, section="optim"):
     warmup_ratio: float = _f(0.1, ge=0, lt=1)
     lr_min: float = _f(1e-5, ge=0)
     use_warmup: bool = True
-    # Rows per forward pass, for every algorithm (same maths, less memory). None: as many rows
-    # as keep rows x longest completion x vocabulary within 2**28 logits (1 GiB in float32).
+    # Rows (prompt + completion sequences) per forward pass, for every algorithm and every pass:
+    # SPEAR's wins and losses alike, GRPO's and RLTF-SD's samples, OPSD's student rows (its
+    # teacher pass takes the same rows). Same maths, less memory. None: as many rows as keep
+    # rows x longest completion x vocabulary within 2**28 logits (1 GiB in float32).
     micro_batch_size: int | None = _f(None, ge=1)
 
 
