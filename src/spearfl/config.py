@@ -457,10 +457,6 @@ class Config:
             obj = getattr(obj, part)
         return obj
 
-    def validate(self) -> Config:
-        """Re-check after in-place edits (fields are mutable); returns a fresh, valid copy."""
-        return config_from_dict(self.to_dict())
-
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict that ``config_from_dict`` turns back into an equal Config."""
         return dataclasses.asdict(self)
