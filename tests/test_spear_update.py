@@ -255,14 +255,7 @@ def _step(model, losses, *overrides):
     spear = SpearUpdate(cfg, _ModelPolicy(model), TASK, ORACLE)
     reference = {n: p.detach() + 0.01 for n, p in spear.policy.trainable().items()}
     step = SpearMicroStep(
-        spear.policy,
-        spear.weights(),
-        cfg.optim,
-        WINS,
-        losses,
-        FLAGS,
-        reference,
-        random.Random(0),
+        spear.policy, spear.weights(), cfg.optim, WINS, losses, FLAGS, reference, random.Random(0)
     )
     model.zero_grad(set_to_none=True)
     value = step(1.0)

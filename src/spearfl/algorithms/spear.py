@@ -143,15 +143,9 @@ class SpearUpdate(ClientAlgorithm):
         )
         start = time.perf_counter()
         loss_flags = [self.loss_flags(t) for t in losses]
+        rng = ctx.rng("batches")
         step = SpearMicroStep(
-            policy,
-            self.weights(),
-            self.cfg.optim,
-            wins,
-            losses,
-            loss_flags,
-            global_adapter,
-            ctx.rng("batches"),
+            policy, self.weights(), self.cfg.optim, wins, losses, loss_flags, global_adapter, rng
         )
         with training_mode(policy.model):
             stats = run_local_steps(policy.trainable(), lr=lr, cfg=self.cfg, micro_step=step)
