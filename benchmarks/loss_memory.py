@@ -90,7 +90,7 @@ def run_case(model_dir: str, algorithm: str, rows: int, path: str, grads_out: st
     from spearfl.algorithms.grpo import GRPOUpdate
     from spearfl.algorithms.policy_gradient import RoundState
     from spearfl.algorithms.rollout import Trace
-    from spearfl.algorithms.spear import SpearUpdate
+    from spearfl.algorithms.spear import SpearMicroStep, SpearUpdate
     from spearfl.config import load_config
     from spearfl.feedback.oracle import OracleFeedback
     from spearfl.models.generation import Completion
@@ -137,9 +137,10 @@ def run_case(model_dir: str, algorithm: str, rows: int, path: str, grads_out: st
         ]
         wins, losses = traces[:half], traces[half:]
         flags = [[True] * COMPLETION_TOKENS for _ in losses]
-        parts: dict[str, list[float]] = {"win": [], "lose": []}
-        algo = SpearUpdate(cfg, policy, task, OracleFeedback(task))
-        step = algo.micro_step_fn(wins, losses, flags, adapter, random.Random(3), parts)
+        weights = SpearUpdate(cfg, policy, task, OracleFeedback(task)).weights()
+        step = SpearMicroStep(
+            policy, weights, cfg.optim, wins, losses, flags, adapter, random.Random(3)
+        )
         policy.model.train()
         before = _peak_mb()
         loss = step(1.0)
@@ -154,9 +155,10 @@ def run_case(model_dir: str, algorithm: str, rows: int, path: str, grads_out: st
             return outs
 
         algo = GRPOUpdate(cfg, policy, task, OracleFeedback(task))
-        algo.encode_prompts = lambda chosen: [
-            list(shared + _ids(random.Random(ex.uid), PROMPT_TOKENS // 2)) for ex in chosen
-        ]
+        algo.fitting_prompts = lambda state, chosen: (
+            list(chosen),
+            [list(shared + _ids(random.Random(ex.uid), PROMPT_TOKENS // 2)) for ex in chosen],
+        )
         state = RoundState(examples, adapter, generator, random.Random(3), accum=1)
         before = _peak_mb()
         loss = algo.micro_step(state, 1.0)

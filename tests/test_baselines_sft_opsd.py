@@ -13,10 +13,10 @@ import torch
 from spearfl.algorithms.base import RoundContext
 from spearfl.algorithms.feedback_sft import FeedbackSFTUpdate
 from spearfl.algorithms.losses import distill_kl
-from spearfl.algorithms.opsd import OPSDUpdate, with_reference
+from spearfl.algorithms.opsd import OPSDMicroStep, OPSDUpdate, with_reference
 from spearfl.algorithms.registry import algorithm_spec
 from spearfl.algorithms.rollout import RolloutResult, Trace
-from spearfl.algorithms.spear import LossWeights, SpearUpdate
+from spearfl.algorithms.spear import LossWeights, SpearMicroStep, SpearUpdate
 from spearfl.config import load_config
 from spearfl.feedback.oracle import OracleFeedback
 from spearfl.tasks.arc import ArcChallengeTask
@@ -216,16 +216,22 @@ def test_feedback_sft_weights_drop_only_the_unlikelihood_term(tiny_model_dir, po
 def _micro_step(alg, rollout: RolloutResult, seed: int):
     flags = [alg.loss_flags(t) for t in rollout.losses]
     reference = {n: p.detach() + 0.01 for n, p in alg.policy.trainable().items()}
-    parts: dict[str, list[float]] = {"win": [], "lose": []}
-    step = alg.micro_step_fn(
-        rollout.wins, rollout.losses, flags, reference, random.Random(seed), parts
+    step = SpearMicroStep(
+        alg.policy,
+        alg.weights(),
+        alg.cfg.optim,
+        rollout.wins,
+        rollout.losses,
+        flags,
+        reference,
+        random.Random(seed),
     )
     model = alg.policy.model
     model.zero_grad(set_to_none=True)
     value = step(1.0)
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
-    return value, parts, grads
+    return value, {"win": step.win_parts, "lose": step.lose_parts}, grads
 
 
 def test_feedback_sft_micro_step_equals_spear_without_unlikelihood(
@@ -314,7 +320,7 @@ def test_opsd_micro_step_is_the_kl_to_the_privileged_teacher(
     assert traces[0].example.gold in policy.tokenizer.decode(teacher[0])
 
     # With batch_size = #traces and no repeats, a micro-step uses every trace once.
-    step = opsd.micro_step_fn(traces, teacher, {}, random.Random(0))
+    step = OPSDMicroStep(policy, cfg, traces, teacher, {}, random.Random(0))
     policy.model.zero_grad(set_to_none=True)
     value = step(1.0)
     assert any(p.grad is not None for p in policy.trainable().values())

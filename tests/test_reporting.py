@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rich.console import Console
 
 from spearfl.reporting.curves import plot_curves
 from spearfl.reporting.history import (
@@ -19,7 +18,7 @@ from spearfl.reporting.history import (
     summarize,
     write_summary,
 )
-from spearfl.reporting.table import COLUMNS, format_round_row, print_round_table, round_table
+from spearfl.reporting.table import COLUMNS, format_round_row
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -302,17 +301,3 @@ def test_format_round_row_missing_client_keys() -> None:
     assert row["wins"] == "3"
     assert row["losses"] == row["tokens"] == row["y0 acc"] == row["option acc"] == "-"
     assert set(row) == set(COLUMNS)
-
-
-def test_round_table_and_print() -> None:
-    table = round_table(_history())
-    assert [column.header for column in table.columns] == list(COLUMNS)
-    assert table.row_count == 4
-
-    console = Console(record=True, width=200, color_system=None)
-    print_round_table(_history(), console)
-    text = console.export_text()
-    for header in COLUMNS:
-        assert header in text
-    assert "1,512" in text
-    assert "0.312" in text  # round 3 eval accuracy 0.3125 at three decimals

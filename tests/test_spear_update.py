@@ -12,7 +12,7 @@ import torch
 from spearfl.algorithms.base import RoundContext
 from spearfl.algorithms.rollout import Trace
 from spearfl.algorithms.scoring import build_batch
-from spearfl.algorithms.spear import SpearUpdate
+from spearfl.algorithms.spear import SpearMicroStep, SpearUpdate
 from spearfl.config import load_config
 from spearfl.feedback.oracle import OracleFeedback
 from spearfl.models.generation import Completion
@@ -154,7 +154,7 @@ def test_loss_flags_fall_back_to_tail_and_default_to_all():
 
 # ------------------------------------------------------------ micro-step maths
 class _ModelPolicy:
-    """Just what ``micro_step_fn`` touches, around a tiny random Llama."""
+    """Just what ``SpearMicroStep`` touches, around a tiny random Llama."""
 
     tokenizer = CharTokenizer()
     eos_id = 1
@@ -254,13 +254,14 @@ def _step(model, losses, *overrides):
     cfg = load_config(None, ["optim.batch_size=2", *overrides])
     spear = SpearUpdate(cfg, _ModelPolicy(model), TASK, ORACLE)
     reference = {n: p.detach() + 0.01 for n, p in spear.policy.trainable().items()}
-    parts = {"win": [], "lose": []}
-    step = spear.micro_step_fn(WINS, losses, FLAGS, reference, random.Random(0), parts)
+    step = SpearMicroStep(
+        spear.policy, spear.weights(), cfg.optim, WINS, losses, FLAGS, reference, random.Random(0)
+    )
     model.zero_grad(set_to_none=True)
     value = step(1.0)
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
-    return value, parts, grads
+    return value, step, grads
 
 
 def test_micro_step_unlikelihood_part(tiny_llama, losses):
@@ -273,22 +274,22 @@ def test_micro_step_unlikelihood_part(tiny_llama, losses):
     # two flagged tokens above the 0.3 margin, two below, none close to it
     assert sorted(p > 0.3 for p in flagged) == [False, False, True, True]
     assert all(abs(p - 0.3) > 0.05 for p in flagged)
-    value, parts, _ = _step(tiny_llama, losses, "spear.lambda_win=0", "spear.lambda_lose=0.7")
+    value, step, _ = _step(tiny_llama, losses, "spear.lambda_win=0", "spear.lambda_lose=0.7")
     expected = 0.7 * _lose_part(tiny_llama, losses, 0.3)
     assert expected > 0.1
     assert value == pytest.approx(expected, rel=1e-4)
-    assert parts["lose"][0] == pytest.approx(expected / 0.7, rel=1e-4)
-    assert parts["win"] == [0.0]
+    assert step.lose_parts[0] == pytest.approx(expected / 0.7, rel=1e-4)
+    assert step.win_parts == [0.0]
 
 
 def test_micro_step_win_part(tiny_llama, losses):
-    value, parts, _ = _step(tiny_llama, losses, "spear.lambda_win=1.5", "spear.lambda_lose=0")
+    value, step, _ = _step(tiny_llama, losses, "spear.lambda_win=1.5", "spear.lambda_lose=0")
     assert value == pytest.approx(1.5 * _win_part(tiny_llama), rel=1e-4)
-    assert parts["lose"] == [0.0]
+    assert step.lose_parts == [0.0]
 
 
 def test_micro_step_full_loss_with_anchor(tiny_llama, losses):
-    value, parts, _ = _step(
+    value, step, _ = _step(
         tiny_llama,
         losses,
         "spear.lambda_win=1.0",

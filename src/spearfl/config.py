@@ -374,8 +374,10 @@ class OptimConfig(Section, section="optim"):
     use_warmup: bool = setting(True, doc="linear warm-up before the decay")
     micro_batch_size: int | None = setting(
         None,
-        doc="rows per forward pass, for every algorithm: the same maths in less memory (none: "
-        "as many rows as keep rows x longest completion x vocabulary within 2^28 logits)",
+        doc="rows (prompt + completion sequences) per forward pass, for every algorithm and "
+        "pass (SPEAR's wins and losses, GRPO's and RLTF-SD's samples, OPSD's student rows and "
+        "the teacher's same rows): the same maths in less memory (none: as many rows as keep "
+        "rows x longest completion x vocabulary within 2^28 logits)",
         ge=1,
     )
 
@@ -534,10 +536,6 @@ class Config:
         for part in dotted.split("."):
             obj = getattr(obj, part)
         return obj
-
-    def validate(self) -> Config:
-        """Re-check after in-place edits (fields are mutable); returns a fresh, valid copy."""
-        return config_from_dict(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict that ``config_from_dict`` turns back into an equal Config, in the

@@ -33,8 +33,15 @@ from spearfl.algorithms.scoring import (
     forward_passes,
     vocab_size,
 )
-from spearfl.algorithms.training import round_lr, run_local_steps, sample_batch, training_mode
-from spearfl.config import Section, setting
+from spearfl.algorithms.training import (
+    mean,
+    round_lr,
+    run_local_steps,
+    sample_batch,
+    training_mode,
+)
+from spearfl.config import Config, Section, setting
+from spearfl.models.policy import Policy, question_prompts
 from spearfl.tasks.base import PLAIN, Example, Message
 
 REFERENCE_LABEL = "Reference:"
@@ -104,56 +111,6 @@ class OPSDUpdate(ClientAlgorithm):
         messages = with_reference(self.task.messages(example), privileged)
         return self.policy.encode(messages, self.task.assistant_prefix(example))
 
-    def micro_step_fn(
-        self,
-        traces: Sequence[Trace],
-        teacher_prompts: Sequence[Sequence[int]],
-        reference: Mapping[str, torch.Tensor],
-        rng: random.Random,
-    ):
-        """One micro-step: KL on ``batch_size`` sampled rollouts, in forward passes of
-        ``optim.micro_batch_size`` rows (a teacher pass and a student pass each)."""
-        policy, d = self.policy, self.cfg.distill
-        bs = self.cfg.optim.batch_size
-        micro = self.cfg.optim.micro_batch_size
-        vocab = vocab_size(policy.model)
-        params = policy.trainable()
-        pad = policy.tokenizer.pad_token_id
-
-        def step(scale: float) -> float:
-            idx = sample_batch(range(len(traces)), bs, rng)
-            # Token count of the whole micro-batch, so chunking keeps the same maths.
-            n_tokens = sum(len(traces[i].completion_ids) for i in idx)
-            total = 0.0
-            lengths = [len(traces[i].completion_ids) for i in idx]
-            for span in forward_passes(lengths, micro, vocab):
-                chunk = idx[span]
-                student = build_batch(
-                    [(traces[i].prompt_ids, traces[i].completion_ids) for i in chunk],
-                    pad,
-                    policy.device,
-                )
-                teacher = build_batch(
-                    [(teacher_prompts[i], traces[i].completion_ids) for i in chunk],
-                    pad,
-                    policy.device,
-                )
-                # The teacher is the current model without dropout and without gradient.
-                policy.model.eval()
-                with torch.no_grad():
-                    t_logits = completion_logits(policy.model, teacher)
-                policy.model.train()
-                s_logits = completion_logits(policy.model, student)
-                part = distill_kl(t_logits, s_logits, student.target_mask, d.temperature)
-                loss = d.kl_weight * part * float(student.target_mask.sum()) / max(1, n_tokens)
-                if span.start == 0 and d.anchor_weight > 0:
-                    loss = loss + d.anchor_weight * anchor_loss(params, reference)
-                (loss * scale).backward()
-                total += float(loss.detach())
-            return total
-
-        return step
-
     def update(
         self,
         global_adapter: dict[str, torch.Tensor],
@@ -165,7 +122,7 @@ class OPSDUpdate(ClientAlgorithm):
         started = time.perf_counter()
         chosen = sample_prompts(examples, self.cfg.fl.local_rollout_steps, ctx.rng("prompts"))
         generator = CountingGenerator(policy, self.cfg.gen, task, self.cfg.data.skip_bad_rows)
-        prompts = [policy.encode(task.messages(ex), task.assistant_prefix(ex)) for ex in chosen]
+        prompts = question_prompts(policy, task, chosen)
         kept = generator.fit(prompts, chosen)
         chosen, prompts = [chosen[i] for i in kept], [prompts[i] for i in kept]
         outs = generator(prompts, self.cfg.gen.max_new_tokens_y0)
@@ -197,11 +154,13 @@ class OPSDUpdate(ClientAlgorithm):
 
         started = time.perf_counter()
         teacher_prompts = [self.teacher_prompt(t.example) for t in traces]
-        step = self.micro_step_fn(traces, teacher_prompts, global_adapter, ctx.rng("batches"))
+        step = OPSDMicroStep(
+            policy, self.cfg, traces, teacher_prompts, global_adapter, ctx.rng("batches")
+        )
         with training_mode(policy.model):
             stats = run_local_steps(policy.trainable(), lr=lr, cfg=self.cfg, micro_step=step)
         metrics.update(
-            mean_loss=sum(stats.losses) / len(stats.losses) if stats.losses else 0.0,
+            mean_loss=mean(stats.losses),
             steps=stats.steps,
             skipped_steps=stats.skipped,
             prox_penalty=stats.prox_penalty,
@@ -209,3 +168,62 @@ class OPSDUpdate(ClientAlgorithm):
             trained=1,
         )
         return ClientUpdateResult(policy.get_adapter(), float(len(traces)), metrics)
+
+
+class OPSDMicroStep:
+    """One micro-step per call: KL on ``batch_size`` rollouts drawn with ``rng``, in forward
+    passes of ``optim.micro_batch_size`` rows (a teacher pass and a student pass each).
+
+    ``run_local_steps`` calls it with the loss scale; each call back-propagates and returns the
+    micro-batch's unscaled loss.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        cfg: Config,
+        traces: Sequence[Trace],
+        teacher_prompts: Sequence[Sequence[int]],
+        reference: Mapping[str, torch.Tensor],
+        rng: random.Random,
+    ) -> None:
+        self.policy, self.distill = policy, cfg.distill
+        self.batch_size, self.rows_per_pass = cfg.optim.batch_size, cfg.optim.micro_batch_size
+        self.traces, self.teacher_prompts = traces, teacher_prompts
+        self.reference, self.rng = reference, rng
+        self.vocab = vocab_size(policy.model)
+        self.params = policy.trainable()
+
+    def __call__(self, scale: float) -> float:
+        policy, d, traces = self.policy, self.distill, self.traces
+        pad = policy.tokenizer.pad_token_id
+        idx = sample_batch(range(len(traces)), self.batch_size, self.rng)
+        # Token count of the whole micro-batch, so chunking keeps the same maths.
+        n_tokens = sum(len(traces[i].completion_ids) for i in idx)
+        total = 0.0
+        lengths = [len(traces[i].completion_ids) for i in idx]
+        for span in forward_passes(lengths, self.rows_per_pass, self.vocab):
+            chunk = idx[span]
+            student = build_batch(
+                [(traces[i].prompt_ids, traces[i].completion_ids) for i in chunk],
+                pad,
+                policy.device,
+            )
+            teacher = build_batch(
+                [(self.teacher_prompts[i], traces[i].completion_ids) for i in chunk],
+                pad,
+                policy.device,
+            )
+            # The teacher is the current model without dropout and without gradient.
+            policy.model.eval()
+            with torch.no_grad():
+                t_logits = completion_logits(policy.model, teacher)
+            policy.model.train()
+            s_logits = completion_logits(policy.model, student)
+            part = distill_kl(t_logits, s_logits, student.target_mask, d.temperature)
+            loss = d.kl_weight * part * float(student.target_mask.sum()) / max(1, n_tokens)
+            if span.start == 0 and d.anchor_weight > 0:
+                loss = loss + d.anchor_weight * anchor_loss(self.params, self.reference)
+            (loss * scale).backward()
+            total += float(loss.detach())
+        return total

@@ -27,10 +27,10 @@ from spearfl.algorithms.scoring import (
     forward_passes,
     vocab_size,
 )
-from spearfl.algorithms.training import round_lr, run_local_steps
+from spearfl.algorithms.training import mean, round_lr, run_local_steps
 from spearfl.config import GenConfig
 from spearfl.models.generation import Completion
-from spearfl.models.policy import Policy
+from spearfl.models.policy import Policy, question_prompts
 from spearfl.tasks.base import Example
 
 Row = tuple[Sequence[int], Sequence[int]]
@@ -250,7 +250,7 @@ class OnlineRLUpdate(ClientAlgorithm):
             "y0_accuracy": c["y0_correct"] / samples,
             "wins": float(c["wins"]),
             "losses": float(c["losses"]),
-            "mean_loss": sum(stats.losses) / len(stats.losses) if stats.losses else 0.0,
+            "mean_loss": mean(stats.losses),
             "steps": float(stats.steps),
             "skipped_steps": float(stats.skipped),
             "prox_penalty": stats.prox_penalty,
@@ -261,16 +261,12 @@ class OnlineRLUpdate(ClientAlgorithm):
         return ClientUpdateResult(policy.get_adapter(), self.n_eff(state), metrics)
 
     # ---------------------------------------------------------------- helpers
-    def encode_prompts(self, examples: Sequence[Example]) -> list[list[int]]:
-        task = self.task
-        return [self.policy.encode(task.messages(ex), task.assistant_prefix(ex)) for ex in examples]
-
     def fitting_prompts(
         self, state: RoundState, examples: Sequence[Example]
     ) -> tuple[list[Example], list[list[int]]]:
         """The examples whose question prompt leaves room to answer, and those prompts (an
         over-long one is an error, or skipped and counted with ``data.skip_bad_rows``)."""
-        prompts = self.encode_prompts(examples)
+        prompts = question_prompts(self.policy, self.task, examples)
         kept = state.generator.fit(prompts, examples)
         return [examples[i] for i in kept], [prompts[i] for i in kept]
 

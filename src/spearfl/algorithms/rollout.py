@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from spearfl.config import GenConfig
 from spearfl.feedback.base import FeedbackProvider
 from spearfl.models.generation import Completion, answer_stop
-from spearfl.models.policy import Policy, fit_prompts
+from spearfl.models.policy import Policy, fit_prompts, question_prompts
 from spearfl.tasks.base import Example, Task
 
 CONFIDENCE_FIXED = 1.0
@@ -127,7 +127,7 @@ def self_play_rollout(
     """
     start = time.perf_counter()
     generator = CountingGenerator(policy, gen, task, skip_bad_rows)
-    prompts = [policy.encode(task.messages(ex), task.assistant_prefix(ex)) for ex in examples]
+    prompts = question_prompts(policy, task, examples)
     kept = generator.fit(prompts, examples)
     examples, prompts = [examples[i] for i in kept], [prompts[i] for i in kept]
     first = generator(prompts, gen.max_new_tokens_y0)
@@ -157,14 +157,8 @@ def self_play_rollout(
     # Format-fix: one rewrite without feedback; the rewrite is kept only if still correct,
     # otherwise the original (correct) answer stays the win. Never a loss.
     if needs_fix:
-        fix_prompts = [
-            policy.encode(task.format_fix_messages(examples[i], first[i].text)) for i in needs_fix
-        ]
-        fits = generator.fit(fix_prompts, [examples[i] for i in needs_fix], "format-fix")
-        fixes: list[Completion | None] = [None] * len(needs_fix)
-        for k, fix in zip(fits, generator([fix_prompts[k] for k in fits], gen.max_new_tokens_y0)):
-            fixes[k] = fix
-        stats["format_fixes_attempted"] = len(fits)
+        fixes = _format_fixes(policy, task, gen, generator, examples, first, needs_fix)
+        stats["format_fixes_attempted"] = sum(fix is not None for fix in fixes)
         for i, fix in zip(needs_fix, fixes):
             chosen = first[i]
             if fix is not None and provider.check(examples[i], fix.text):
@@ -176,46 +170,17 @@ def self_play_rollout(
 
     fixed: dict[int, Completion] = {}
     if revise and gen.num_revisions > 0:
-        current = {i: first[i].text for i in wrong}
-        active = list(wrong)
-        for _ in range(gen.num_revisions):
-            if not active:
-                break
-            rev_prompts = []
-            for i in active:
-                ex = examples[i]
-                hint = provider.feedback(ex, current[i]).hint if hints else BARE_HINT
-                rev_prompts.append(
-                    policy.encode(task.revision_messages(ex, current[i], hint or BARE_HINT))
-                )
-            # A revision prompt too long to answer ends that prompt's revisions (a loss).
-            fits = generator.fit(rev_prompts, [examples[i] for i in active], "revision")
-            active, rev_prompts = [active[k] for k in fits], [rev_prompts[k] for k in fits]
-            outs = generator(rev_prompts, gen.max_new_tokens_y1)
-            stats["revisions_attempted"] += len(active)
-            still = []
-            for i, out in zip(active, outs):
-                if provider.check(examples[i], out.text):
-                    fixed[i] = out
-                    stats["revisions_successful"] += 1
-                else:
-                    current[i] = out.text
-                    still.append(i)
-            active = still
+        fixed, attempted = _revisions(
+            policy, task, provider, gen, generator, examples, first, wrong, hints
+        )
+        stats["revisions_attempted"] = attempted
+        stats["revisions_successful"] = len(fixed)
 
     for i in wrong:
-        ex, y0 = examples[i], first[i]
-        if i in fixed:
-            rev = fixed[i]
-            # The revision is paired with the original prompt: learn to answer without feedback.
-            result.wins.append(Trace(ex, tuple(prompts[i]), rev.completion_ids, rev.text))
-            result.losses.append(
-                Trace(ex, tuple(prompts[i]), y0.completion_ids, y0.text, CONFIDENCE_FIXED)
-            )
-        else:
-            result.losses.append(
-                Trace(ex, tuple(prompts[i]), y0.completion_ids, y0.text, CONFIDENCE_UNFIXED)
-            )
+        win, loss = _wrong_answer_traces(examples[i], prompts[i], first[i], fixed.get(i))
+        if win is not None:
+            result.wins.append(win)
+        result.losses.append(loss)
 
     stats["tokens_generated"] = generator.tokens
     stats["completions_generated"] = generator.completions
@@ -223,3 +188,84 @@ def self_play_rollout(
     stats["rollout_seconds"] = time.perf_counter() - start
     result.stats = stats
     return result
+
+
+def _format_fixes(
+    policy: Policy,
+    task: Task,
+    gen: GenConfig,
+    generator: CountingGenerator,
+    examples: Sequence[Example],
+    first: Sequence[Completion],
+    needs_fix: Sequence[int],
+) -> list[Completion | None]:
+    """One rewrite of each answer ``needs_fix`` names, without feedback; None where the
+    format-fix prompt is too long to answer."""
+    fix_prompts = [
+        policy.encode(task.format_fix_messages(examples[i], first[i].text)) for i in needs_fix
+    ]
+    fits = generator.fit(fix_prompts, [examples[i] for i in needs_fix], "format-fix")
+    fixes: list[Completion | None] = [None] * len(needs_fix)
+    outs = generator([fix_prompts[k] for k in fits], gen.max_new_tokens_y0)
+    for k, fix in zip(fits, outs):
+        fixes[k] = fix
+    return fixes
+
+
+def _revisions(
+    policy: Policy,
+    task: Task,
+    provider: FeedbackProvider,
+    gen: GenConfig,
+    generator: CountingGenerator,
+    examples: Sequence[Example],
+    first: Sequence[Completion],
+    wrong: Sequence[int],
+    hints: bool,
+) -> tuple[dict[int, Completion], int]:
+    """Up to ``gen.num_revisions`` feedback-guided revisions of each wrong answer, each from
+    the last one, until one is right: the right revisions by answer index, and the number of
+    revisions tried."""
+    fixed: dict[int, Completion] = {}
+    attempted = 0
+    current = {i: first[i].text for i in wrong}
+    active = list(wrong)
+    for _ in range(gen.num_revisions):
+        if not active:
+            break
+        rev_prompts = []
+        for i in active:
+            ex = examples[i]
+            hint = provider.feedback(ex, current[i]).hint if hints else BARE_HINT
+            rev_prompts.append(
+                policy.encode(task.revision_messages(ex, current[i], hint or BARE_HINT))
+            )
+        # A revision prompt too long to answer ends that prompt's revisions (a loss).
+        fits = generator.fit(rev_prompts, [examples[i] for i in active], "revision")
+        active, rev_prompts = [active[k] for k in fits], [rev_prompts[k] for k in fits]
+        outs = generator(rev_prompts, gen.max_new_tokens_y1)
+        attempted += len(active)
+        still = []
+        for i, out in zip(active, outs):
+            if provider.check(examples[i], out.text):
+                fixed[i] = out
+            else:
+                current[i] = out.text
+                still.append(i)
+        active = still
+    return fixed, attempted
+
+
+def _wrong_answer_traces(
+    example: Example, prompt: Sequence[int], first: Completion, fixed: Completion | None
+) -> tuple[Trace | None, Trace]:
+    """A wrong first answer's win (its right revision, if any) and loss (the answer itself,
+    surer to be the wrong one once a revision fixed it)."""
+    prompt_ids = tuple(prompt)
+    if fixed is None:
+        return None, Trace(
+            example, prompt_ids, first.completion_ids, first.text, CONFIDENCE_UNFIXED
+        )
+    # The revision is paired with the original prompt: learn to answer without feedback.
+    win = Trace(example, prompt_ids, fixed.completion_ids, fixed.text)
+    return win, Trace(example, prompt_ids, first.completion_ids, first.text, CONFIDENCE_FIXED)

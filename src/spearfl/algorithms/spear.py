@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,12 +25,14 @@ from spearfl.algorithms.scoring import (
 )
 from spearfl.algorithms.training import (
     ema_blend,
+    mean,
     round_lr,
     run_local_steps,
     sample_batch,
     training_mode,
 )
-from spearfl.config import Section, setting
+from spearfl.config import OptimConfig, Section, setting
+from spearfl.models.policy import Policy
 from spearfl.tasks.base import Example
 
 
@@ -128,58 +130,6 @@ class SpearUpdate(ClientAlgorithm):
         answer = self.task.answer_span(trace.example, text) if answer_only else None
         return unlikelihood_mask(trace.completion_ids, text, spans, answer, options)
 
-    def micro_step_fn(self, wins, losses, loss_flags, reference, rng, parts):
-        """One micro-step: ``batch_size`` wins and ``batch_size`` losses, in forward passes of
-        ``optim.micro_batch_size`` rows (``scoring.forward_passes``)."""
-        policy, w = self.policy, self.weights()
-        bs = self.cfg.optim.batch_size
-        micro = self.cfg.optim.micro_batch_size
-        vocab = vocab_size(policy.model)
-        params = policy.trainable()
-        eos = policy.eos_id
-
-        def step(scale: float) -> float:
-            win_idx = sample_batch(range(len(wins)), bs, rng) if w.win > 0 else []
-            loss_idx = sample_batch(range(len(losses)), bs, rng) if w.lose > 0 else []
-            rows = [(wins[i].prompt_ids, (*wins[i].completion_ids, eos)) for i in win_idx]
-            rows += [(losses[i].prompt_ids, losses[i].completion_ids) for i in loss_idx]
-            flags = [[True] * len(c) for _, c in rows[: len(win_idx)]]
-            flags += [loss_flags[i] for i in loss_idx]
-            is_win = [True] * len(win_idx) + [False] * len(loss_idx)
-            conf = torch.tensor([losses[i].confidence for i in loss_idx] or [0.0])
-            # Token counts of the whole micro-batch, so chunking for memory keeps the same maths.
-            n_win_tokens = sum(len(rows[j][1]) for j in range(len(win_idx)))
-            n_loss_tokens = sum(sum(f) for f in flags[len(win_idx) :])
-            total = 0.0
-            win_sum = lose_sum = 0.0
-            for chunk in forward_passes([len(c) for _, c in rows], micro, vocab):
-                batch = build_batch(rows[chunk], policy.tokenizer.pad_token_id, policy.device)
-                mask = align_flags(flags[chunk], batch.targets.shape[1], policy.device)
-                logp = target_logprobs(completion_logits(policy.model, batch), batch.targets)
-                win_rows = torch.tensor(is_win[chunk], device=policy.device)
-                loss = logp.new_zeros(())
-                if win_rows.any() and n_win_tokens:
-                    lw = mle_loss(logp[win_rows], mask[win_rows], n_win_tokens)
-                    loss = loss + w.win * lw
-                    win_sum += float(lw.detach())
-                if (~win_rows).any() and n_loss_tokens:
-                    # Normalised by the micro-batch's loss tokens and weighted by its mean
-                    # confidence, whichever forward pass a row falls in.
-                    lose = ~win_rows
-                    ll = unlikelihood_loss(logp[lose], mask[lose], conf, w.margin, n_loss_tokens)
-                    loss = loss + w.lose * ll
-                    lose_sum += float(ll.detach())
-                if chunk.start == 0 and w.anchor > 0:
-                    la = anchor_loss(params, reference)
-                    loss = loss + w.anchor * la
-                (loss * scale).backward()
-                total += float(loss.detach())
-            parts["win"].append(win_sum)
-            parts["lose"].append(lose_sum)
-            return total
-
-        return step
-
     def update(
         self,
         global_adapter: dict[str, torch.Tensor],
@@ -233,9 +183,9 @@ class SpearUpdate(ClientAlgorithm):
         )
         start = time.perf_counter()
         loss_flags = [self.loss_flags(t) for t in losses]
-        parts: dict[str, list[float]] = {"win": [], "lose": []}
-        step = self.micro_step_fn(
-            wins, losses, loss_flags, global_adapter, ctx.rng("batches"), parts
+        rng = ctx.rng("batches")
+        step = SpearMicroStep(
+            policy, self.weights(), self.cfg.optim, wins, losses, loss_flags, global_adapter, rng
         )
         with training_mode(policy.model):
             stats = run_local_steps(policy.trainable(), lr=lr, cfg=self.cfg, micro_step=step)
@@ -243,9 +193,9 @@ class SpearUpdate(ClientAlgorithm):
         metrics.update(
             wins=len(wins),
             losses=len(losses),
-            mean_loss=_mean(stats.losses),
-            mean_win_loss=_mean(parts["win"]),
-            mean_lose_loss=_mean(parts["lose"]),
+            mean_loss=mean(stats.losses),
+            mean_win_loss=mean(step.win_parts),
+            mean_lose_loss=mean(step.lose_parts),
             steps=stats.steps,
             skipped_steps=stats.skipped,
             prox_penalty=stats.prox_penalty,
@@ -255,5 +205,75 @@ class SpearUpdate(ClientAlgorithm):
         return ClientUpdateResult(adapter, float(max(1, len(wins))), metrics)
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else 0.0
+class SpearMicroStep:
+    """One micro-step per call: ``batch_size`` wins and ``batch_size`` losses drawn with ``rng``,
+    MLE on the wins and unlikelihood on the losses' flagged tokens, in forward passes of
+    ``optim.micro_batch_size`` rows (``scoring.forward_passes``).
+
+    ``run_local_steps`` calls it with the loss scale; each call back-propagates and returns the
+    micro-batch's unscaled loss, and appends its unweighted win and lose parts to
+    ``win_parts`` and ``lose_parts``.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        weights: LossWeights,
+        optim: OptimConfig,
+        wins: Sequence[Trace],
+        losses: Sequence[Trace],
+        loss_flags: Sequence[Sequence[bool]],
+        reference: Mapping[str, torch.Tensor],
+        rng: random.Random,
+    ) -> None:
+        self.policy, self.weights = policy, weights
+        self.batch_size, self.rows_per_pass = optim.batch_size, optim.micro_batch_size
+        self.wins, self.losses, self.loss_flags = wins, losses, loss_flags
+        self.reference, self.rng = reference, rng
+        self.vocab = vocab_size(policy.model)
+        self.params = policy.trainable()
+        self.win_parts: list[float] = []
+        self.lose_parts: list[float] = []
+
+    def __call__(self, scale: float) -> float:
+        policy, w = self.policy, self.weights
+        wins, losses = self.wins, self.losses
+        win_idx = sample_batch(range(len(wins)), self.batch_size, self.rng) if w.win > 0 else []
+        loss_idx = sample_batch(range(len(losses)), self.batch_size, self.rng) if w.lose > 0 else []
+        eos = policy.eos_id
+        rows = [(wins[i].prompt_ids, (*wins[i].completion_ids, eos)) for i in win_idx]
+        rows += [(losses[i].prompt_ids, losses[i].completion_ids) for i in loss_idx]
+        flags = [[True] * len(c) for _, c in rows[: len(win_idx)]]
+        flags += [self.loss_flags[i] for i in loss_idx]
+        is_win = [True] * len(win_idx) + [False] * len(loss_idx)
+        conf = torch.tensor([losses[i].confidence for i in loss_idx] or [0.0])
+        # Token counts of the whole micro-batch, so chunking for memory keeps the same maths.
+        n_win_tokens = sum(len(rows[j][1]) for j in range(len(win_idx)))
+        n_loss_tokens = sum(sum(f) for f in flags[len(win_idx) :])
+        total = 0.0
+        win_sum = lose_sum = 0.0
+        for chunk in forward_passes([len(c) for _, c in rows], self.rows_per_pass, self.vocab):
+            batch = build_batch(rows[chunk], policy.tokenizer.pad_token_id, policy.device)
+            mask = align_flags(flags[chunk], batch.targets.shape[1], policy.device)
+            logp = target_logprobs(completion_logits(policy.model, batch), batch.targets)
+            win_rows = torch.tensor(is_win[chunk], device=policy.device)
+            loss = logp.new_zeros(())
+            if win_rows.any() and n_win_tokens:
+                lw = mle_loss(logp[win_rows], mask[win_rows], n_win_tokens)
+                loss = loss + w.win * lw
+                win_sum += float(lw.detach())
+            if (~win_rows).any() and n_loss_tokens:
+                # Normalised by the micro-batch's loss tokens and weighted by its mean
+                # confidence, whichever forward pass a row falls in.
+                lose = ~win_rows
+                ll = unlikelihood_loss(logp[lose], mask[lose], conf, w.margin, n_loss_tokens)
+                loss = loss + w.lose * ll
+                lose_sum += float(ll.detach())
+            if chunk.start == 0 and w.anchor > 0:
+                la = anchor_loss(self.params, self.reference)
+                loss = loss + w.anchor * la
+            (loss * scale).backward()
+            total += float(loss.detach())
+        self.win_parts.append(win_sum)
+        self.lose_parts.append(lose_sum)
+        return total

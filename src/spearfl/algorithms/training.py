@@ -136,6 +136,11 @@ def ema_blend(
     return {k: decay * received[k] + (1.0 - decay) * v for k, v in local.items()}
 
 
+def mean(values: Sequence[float]) -> float:
+    """The values' mean; 0 when there are none (a round with nothing to train on)."""
+    return sum(values) / len(values) if values else 0.0
+
+
 def sample_batch(items: Sequence, size: int, rng) -> list:
     """``size`` items: without replacement when there are enough, with replacement otherwise."""
     if not items:

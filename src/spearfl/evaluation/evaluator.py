@@ -37,7 +37,8 @@ from spearfl.models.generation import (
     sample_next,
     stop_token_ids,
 )
-from spearfl.models.policy import Policy, fit_prompts
+from spearfl.models.policy import Policy, fit_prompts, question_prompts
+from spearfl.models.prompts import text_ids
 from spearfl.models.trunk import Trunk
 from spearfl.tasks.base import LETTERS, Example, Task
 
@@ -70,7 +71,7 @@ def letter_token_ids(
     ends with the assistant header, where the letter starts the reply: ``"A"``.
     """
     lead = "" if chat else " "
-    pieces = {x: list(tokenizer(lead + x, add_special_tokens=False)["input_ids"]) for x in letters}
+    pieces = {x: text_ids(tokenizer, lead + x) for x in letters}
     firsts = [ids[0] for ids in pieces.values() if ids]
     if any(len(ids) != 1 for ids in pieces.values()) or len(set(firsts)) != len(firsts):
         name = tokenizer.name_or_path or type(tokenizer).__name__
@@ -98,7 +99,7 @@ class Evaluator:
     ) -> None:
         self.policy, self.task = policy, task
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
-        prompts = [policy.encode(task.messages(e), task.assistant_prefix(e)) for e in examples]
+        prompts = question_prompts(policy, task, examples)
         # An eval question too long to answer is an error, or with data.skip_bad_rows left out
         # of every evaluation (the same ones each time, so records stay paired) and counted.
         kept = fit_prompts(
@@ -121,7 +122,7 @@ class Evaluator:
         self.options: list[list[list[int]]] | None = None
         if task.eval_method == "option_text":
             self.options = [
-                [[*self._encode_continuation(o), policy.eos_id] for o in ex.options]
+                [[*text_ids(policy.tokenizer, o), policy.eos_id] for o in ex.options]
                 for ex in self.examples
             ]
         # Batches of similar lengths (little padding), the same ones at every evaluation.
@@ -129,9 +130,6 @@ class Evaluator:
         self.batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         self.reuse_frozen_states = reuse_frozen_states
         self._frozen: FrozenPromptStates | None = None
-
-    def _encode_continuation(self, text: str) -> list[int]:
-        return list(self.policy.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def frozen_states(self) -> FrozenPromptStates | None:
         """The prompts' frozen-layer states (:mod:`spearfl.evaluation.frozen_states`), built at

@@ -94,17 +94,7 @@ def dirichlet_partition(
     it is lowered by one after every ``max_attempts`` failed draws. ``max_per_client`` is applied
     last and wins over ``min_size``. Same inputs give the same output (``default_rng(seed)``).
     """
-    if num_clients < 1:
-        raise ValueError(f"num_clients must be >= 1, got {num_clients}")
-    if not (math.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"alpha must be a positive finite number, got {alpha}")
-    if min_size < 0:
-        raise ValueError(f"min_size must be >= 0, got {min_size}")
-    if max_per_client is not None and max_per_client < 1:
-        raise ValueError(f"max_per_client must be >= 1 or None, got {max_per_client}")
-    if max_attempts < 1:
-        raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
-
+    _check_arguments(num_clients, alpha, min_size, max_per_client, max_attempts)
     n = len(labels)
     if n == 0:
         return [[] for _ in range(num_clients)]
@@ -127,14 +117,48 @@ def dirichlet_partition(
 
     # Draw only the per-class counts until they satisfy the minimum; the (costlier) shuffling
     # and dealing of indices happens once, for the accepted draw.
+    class_sizes = [len(m) for m in class_members]
+    counts = _accepted_counts(rng, alpha, num_clients, class_sizes, target, max_attempts)
+    parts = _deal(rng, class_members, counts, num_clients)
+    return [_capped(rng, sorted(part), max_per_client) for part in parts]
+
+
+def _check_arguments(
+    num_clients: int,
+    alpha: float,
+    min_size: int,
+    max_per_client: int | None,
+    max_attempts: int,
+) -> None:
+    if num_clients < 1:
+        raise ValueError(f"num_clients must be >= 1, got {num_clients}")
+    if not (math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"alpha must be a positive finite number, got {alpha}")
+    if min_size < 0:
+        raise ValueError(f"min_size must be >= 0, got {min_size}")
+    if max_per_client is not None and max_per_client < 1:
+        raise ValueError(f"max_per_client must be >= 1 or None, got {max_per_client}")
+    if max_attempts < 1:
+        raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+
+
+def _accepted_counts(
+    rng: np.random.Generator,
+    alpha: float,
+    num_clients: int,
+    class_sizes: Sequence[int],
+    target: int,
+    max_attempts: int,
+) -> np.ndarray:
+    """``[classes, clients]`` example counts of the first draw that gives every client at
+    least ``target`` examples; the target drops by one after every ``max_attempts`` misses."""
     attempts = 0
     while True:
         counts = np.stack(
-            [_split_counts(_draw_shares(rng, alpha, num_clients), len(m)) for m in class_members]
+            [_split_counts(_draw_shares(rng, alpha, num_clients), size) for size in class_sizes]
         )
-        smallest = int(counts.sum(axis=0).min())
-        if smallest >= target:
-            break
+        if int(counts.sum(axis=0).min()) >= target:
+            return counts
         attempts += 1
         if attempts >= max_attempts:
             logger.warning(
@@ -149,21 +173,29 @@ def dirichlet_partition(
             target -= 1
             attempts = 0
 
+
+def _deal(
+    rng: np.random.Generator,
+    class_members: Sequence[np.ndarray],
+    counts: np.ndarray,
+    num_clients: int,
+) -> list[list[int]]:
+    """Each class's indices shuffled and dealt out in ``counts`` order: one list per client."""
     parts: list[list[int]] = [[] for _ in range(num_clients)]
     for members, row in zip(class_members, counts, strict=True):
         shuffled = rng.permutation(members)
         bounds = np.concatenate(([0], np.cumsum(row)))
         for client in range(num_clients):
             parts[client].extend(shuffled[bounds[client] : bounds[client + 1]].tolist())
+    return parts
 
-    out: list[list[int]] = []
-    for part in parts:
-        part.sort()
-        if max_per_client is not None and len(part) > max_per_client:
-            keep = rng.choice(len(part), size=max_per_client, replace=False)
-            part = [part[i] for i in sorted(keep.tolist())]
-        out.append(part)
-    return out
+
+def _capped(rng: np.random.Generator, part: list[int], max_per_client: int | None) -> list[int]:
+    """``part`` (ascending), or a random ``max_per_client`` of it when it is longer."""
+    if max_per_client is None or len(part) <= max_per_client:
+        return part
+    keep = rng.choice(len(part), size=max_per_client, replace=False)
+    return [part[i] for i in sorted(keep.tolist())]
 
 
 def partition_summary(parts: Sequence[Sequence[int]], labels: Sequence[Hashable]) -> dict[str, Any]:

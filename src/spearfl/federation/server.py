@@ -355,26 +355,7 @@ class FederatedServer:
             if before_round is not None:
                 before_round(r)
             self.check_stop()
-            t0 = time.perf_counter()
-            outcome = self.collect(r, send)
-            weighted = self.aggregate(outcome.accepted)
-            entry: dict[str, Any] = {
-                "round": r,
-                "clients": [rep.client_id for rep in outcome.accepted],
-                "client_metrics": {str(rep.client_id): rep.metrics for rep in outcome.accepted},
-                "eval": None,
-            }
-            if outcome.failures or outcome.rejected or weighted < len(outcome.accepted):
-                entry["failures"] = [f.record() for f in outcome.failures]
-                entry["rejected"] = [f.record() for f in outcome.rejected]
-                entry["attempts"] = outcome.attempts
-                entry["aggregated"] = weighted
-            record_memory(entry, "server_rss_mb")
-            if should_evaluate(self.cfg, r):
-                entry["eval"] = self.evaluate(r)
-                record_memory(entry, "server_rss_after_eval_mb")
-                self.save(f"round_{r:04d}")
-            entry["seconds"] = round(time.perf_counter() - t0, 2)
+            entry = self.play_round(r, send)
             self.check_stop()  # the last moment a stop drops this round
             writer.append(entry)
             self.checkpoint(r, spent + time.perf_counter() - started)
@@ -387,6 +368,31 @@ class FederatedServer:
         plot_curves(history, self.run_dir / "curves.png")
         write_complete(self.run_dir, fl.rounds, fl.clients_per_round)
         return summary
+
+    def play_round(self, r: int, send: SendRound) -> dict[str, Any]:
+        """Round ``r``: collect the clients' updates, fold them in, evaluate when due; the
+        round's history entry."""
+        t0 = time.perf_counter()
+        outcome = self.collect(r, send)
+        weighted = self.aggregate(outcome.accepted)
+        entry: dict[str, Any] = {
+            "round": r,
+            "clients": [rep.client_id for rep in outcome.accepted],
+            "client_metrics": {str(rep.client_id): rep.metrics for rep in outcome.accepted},
+            "eval": None,
+        }
+        if outcome.failures or outcome.rejected or weighted < len(outcome.accepted):
+            entry["failures"] = [f.record() for f in outcome.failures]
+            entry["rejected"] = [f.record() for f in outcome.rejected]
+            entry["attempts"] = outcome.attempts
+            entry["aggregated"] = weighted
+        record_memory(entry, "server_rss_mb")
+        if should_evaluate(self.cfg, r):
+            entry["eval"] = self.evaluate(r)
+            record_memory(entry, "server_rss_after_eval_mb")
+            self.save(f"round_{r:04d}")
+        entry["seconds"] = round(time.perf_counter() - t0, 2)
+        return entry
 
 
 def _json(data: Any) -> str:

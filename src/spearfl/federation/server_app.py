@@ -95,9 +95,7 @@ def grid_sender(
         record = ArrayRecord({k: v.contiguous() for k, v in adapter.items()})
         messages = [
             Message(
-                RecordDict(
-                    {ADAPTER: record, CONFIG: ConfigRecord({"json": cfg_json, "round": round_num})}
-                ),
+                _train_content(record, cfg_json, round_num),
                 dst_node_id=mapping[c],
                 message_type=MessageType.TRAIN,
             )
@@ -109,17 +107,12 @@ def grid_sender(
             # from the SuperLink's own node id, not the client's.
             cid = clients[index]
             answered.add(cid)
-            if msg.has_error():
-                delivery.failures.append(Failure(cid, f"error: {msg.error.reason}"))
+            reply = _read_reply(cid, msg)
+            if isinstance(reply, Failure):
+                delivery.failures.append(reply)
                 continue
-            try:
-                metrics = dict(msg.content[METRICS])
-                adapter_state = dict(msg.content[ADAPTER].to_torch_state_dict())
-            except (KeyError, TypeError, ValueError) as err:
-                delivery.failures.append(Failure(cid, f"malformed reply: {err}"))
-                continue
-            observer.client_done(round_num, cid, metrics)
-            delivery.replies.append(Reply(cid, adapter_state, metrics))
+            observer.client_done(round_num, cid, reply.metrics)
+            delivery.replies.append(reply)
         if _stopped(stop):
             return Delivery()
         for cid in clients:
@@ -130,6 +123,25 @@ def grid_sender(
         return delivery
 
     return send
+
+
+def _train_content(adapter: ArrayRecord, cfg_json: str, round_num: int) -> RecordDict:
+    """A train message's content: the global adapter, the run's configuration, the round."""
+    return RecordDict(
+        {ADAPTER: adapter, CONFIG: ConfigRecord({"json": cfg_json, "round": round_num})}
+    )
+
+
+def _read_reply(client_id: int, msg: Message) -> Reply | Failure:
+    """The client's update from its reply, or the failure the reply reports or makes."""
+    if msg.has_error():
+        return Failure(client_id, f"error: {msg.error.reason}")
+    try:
+        metrics = dict(msg.content[METRICS])
+        adapter_state = dict(msg.content[ADAPTER].to_torch_state_dict())
+    except (KeyError, TypeError, ValueError) as err:
+        return Failure(client_id, f"malformed reply: {err}")
+    return Reply(client_id, adapter_state, metrics)
 
 
 def _gather(

@@ -211,29 +211,8 @@ def simulate_runs(
     if not runs:
         return []
     runs = [(c, Path(d)) for c, d in runs]
-    cfg = runs[0][0]
-    fl = cfg.fl
-    for other, _ in runs[1:]:
-        if (other.fl.num_cpus_per_client, other.fl.num_gpus_per_client, other.hf) != (
-            fl.num_cpus_per_client,
-            fl.num_gpus_per_client,
-            cfg.hf,
-        ):
-            raise ValueError(
-                "runs of one simulation need the same fl.num_cpus_per_client, "
-                "fl.num_gpus_per_client and hf section"
-            )
-    # Set before Ray starts, so client workers inherit them: quiet workers, the hf section.
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    # Flower's logger in the workers: errors only (its "Manually terminating ClientAppActor"
-    # warning closed every run); this process's Flower logger is configured already.
-    os.environ.setdefault("FLWR_LOG_LEVEL", "ERROR")
-    apply_hf_settings(cfg.hf)
-    _quiet_flower()
+    _check_shared_settings([c for c, _ in runs])
+    _prepare_workers(runs[0][0])
     stop = stop or threading.Event()
     received: list[int] = []
     results: list[dict] = [{} for _ in runs]
@@ -288,3 +267,33 @@ def simulate_runs(
             raise RunInterrupted(run_dir, checkpoint_round(run_dir), next(iter(received), None))
         raise RuntimeError(f"the simulation ended without finishing the run; see {run_dir}")
     return results
+
+
+def _check_shared_settings(configs: Sequence[Config]) -> None:
+    """The settings fixed when Ray starts must be the same for every run of the simulation."""
+    first = configs[0]
+    fl = first.fl
+    for other in configs[1:]:
+        if (other.fl.num_cpus_per_client, other.fl.num_gpus_per_client, other.hf) != (
+            fl.num_cpus_per_client,
+            fl.num_gpus_per_client,
+            first.hf,
+        ):
+            raise ValueError(
+                "runs of one simulation need the same fl.num_cpus_per_client, "
+                "fl.num_gpus_per_client and hf section"
+            )
+
+
+def _prepare_workers(cfg: Config) -> None:
+    """Set before Ray starts, so client workers inherit them: quiet workers, the hf section."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Flower's logger in the workers: errors only (its "Manually terminating ClientAppActor"
+    # warning closed every run); this process's Flower logger is configured already.
+    os.environ.setdefault("FLWR_LOG_LEVEL", "ERROR")
+    apply_hf_settings(cfg.hf)
+    _quiet_flower()

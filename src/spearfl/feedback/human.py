@@ -25,6 +25,7 @@ from spearfl.algorithms.rollout import CONFIDENCE_FIXED, CONFIDENCE_UNFIXED, Rol
 from spearfl.feedback.base import Feedback, FeedbackProvider, JudgedRound
 from spearfl.feedback.store import FeedbackStore, Interaction
 from spearfl.models.policy import Policy
+from spearfl.models.prompts import text_ids
 from spearfl.tasks.base import Example
 
 
@@ -49,7 +50,7 @@ def human_rollout(
     start = time.perf_counter()
 
     def ids(text: str) -> tuple[int, ...]:
-        return tuple(policy.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return tuple(text_ids(policy.tokenizer, text))
 
     result = RolloutResult()
     used: list[int] = []

@@ -21,7 +21,7 @@ from spearfl.models.generation import AnswerStop, Completion, generate
 from spearfl.models.loading import load_base_model
 from spearfl.models.prompts import PromptFormatter
 from spearfl.models.trunk import forget_frozen_states
-from spearfl.tasks.base import Example, Message
+from spearfl.tasks.base import Example, Message, Task
 
 SKIP_PROMPT_ADVICE = (
     "raise model.max_seq_len, or set data.skip_bad_rows: true to skip such prompts and count "
@@ -197,3 +197,8 @@ class Policy:
 
     def trainable(self) -> dict[str, torch.nn.Parameter]:
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+
+def question_prompts(policy: Policy, task: Task, examples: Sequence[Example]) -> list[list[int]]:
+    """Each example's question as the task asks it, encoded (``Policy.encode``)."""
+    return [policy.encode(task.messages(ex), task.assistant_prefix(ex)) for ex in examples]

@@ -64,3 +64,9 @@ class PromptFormatter:
         """Token ids of a rendered prompt (the chat template already holds special tokens)."""
         ids = self.tokenizer(text, add_special_tokens=not self.use_chat_template)["input_ids"]
         return list(ids)
+
+
+def text_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Token ids of a piece of text that follows a prompt (an answer, an option, a letter):
+    no special tokens."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])

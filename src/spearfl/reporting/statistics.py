@@ -142,12 +142,37 @@ def paired_bootstrap(
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
     seeds = _check_alignment(groups)
-    rng = np.random.default_rng(seed)
-    n_seeds = len(seeds)
     common = {
         name: tuple(sorted(set.intersection(*(set(runs[s].rounds) for s in seeds))))
         for name, runs in groups.items()
     }
+    final, best, by_round = _resampled(groups, seeds, common, draws, np.random.default_rng(seed))
+    observed, round_observed = _observed(groups, seeds, common)
+    return Bootstrap(
+        seeds=seeds,
+        level=level,
+        draws=draws,
+        observed=observed,
+        sampled={
+            name: {"final": final[name].mean(axis=1), "best": best[name].mean(axis=1)}
+            for name in groups
+        },
+        round_numbers=common,
+        round_observed=round_observed,
+        round_sampled={name: by_round[name].mean(axis=1) for name in groups},
+    )
+
+
+def _resampled(
+    groups: Mapping[str, Mapping[int, RunRecords]],
+    seeds: tuple[int, ...],
+    common: Mapping[str, tuple[int, ...]],
+    draws: int,
+    rng: np.random.Generator,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per group, the final and best accuracy ``[draws, seed slots]`` and the accuracy at
+    each ``common`` round ``[draws, seed slots, rounds]`` of every bootstrap draw."""
+    n_seeds = len(seeds)
     final = {name: np.empty((draws, n_seeds)) for name in groups}
     best = {name: np.empty((draws, n_seeds)) for name in groups}
     by_round = {name: np.empty((draws, n_seeds, len(common[name]))) for name in groups}
@@ -167,6 +192,16 @@ def paired_bootstrap(
                 best[name][start + rows, slots] = accuracy[:, run.best_index]
                 columns = [run.rounds.index(r) for r in common[name]]
                 by_round[name][start + rows, slots] = accuracy[:, columns]
+    return final, best, by_round
+
+
+def _observed(
+    groups: Mapping[str, Mapping[int, RunRecords]],
+    seeds: tuple[int, ...],
+    common: Mapping[str, tuple[int, ...]],
+) -> tuple[dict[str, dict[Metric, float]], dict[str, np.ndarray]]:
+    """Per group, the mean over seeds of the final and best accuracy and of the accuracy at
+    each ``common`` round, as measured."""
     observed: dict[str, dict[Metric, float]] = {}
     round_observed: dict[str, np.ndarray] = {}
     for name, runs in groups.items():
@@ -178,16 +213,4 @@ def paired_bootstrap(
             [[runs[s].accuracy[runs[s].rounds.index(r)] for r in common[name]] for s in seeds],
             axis=0,
         )
-    return Bootstrap(
-        seeds=seeds,
-        level=level,
-        draws=draws,
-        observed=observed,
-        sampled={
-            name: {"final": final[name].mean(axis=1), "best": best[name].mean(axis=1)}
-            for name in groups
-        },
-        round_numbers=common,
-        round_observed=round_observed,
-        round_sampled={name: by_round[name].mean(axis=1) for name in groups},
-    )
+    return observed, round_observed

@@ -1,8 +1,8 @@
-"""The per-round table the CLI prints while a run progresses.
+"""The per-round rows the CLI prints while a run progresses.
 
-``format_round_row`` turns one history entry into display strings (kept separate from rich so
-the formatting is testable and reusable, e.g. for a plain-text log); ``round_table`` lays the
-rows out as a ``rich.table.Table``.
+``format_round_row`` turns one history entry into display strings, one per column of
+``COLUMNS`` (plain strings, so the formatting is testable and reusable, e.g. for a plain-text
+log).
 """
 
 from __future__ import annotations
@@ -11,13 +11,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rich import box
-from rich.console import Console, JustifyMethod
-from rich.table import Table
-
 from spearfl.reporting.history import client_updates
 
-__all__ = ["COLUMNS", "MISSING", "format_round_row", "print_round_table", "round_table"]
+__all__ = ["COLUMNS", "MISSING", "format_round_row"]
 
 MISSING = "-"
 COLUMNS: tuple[str, ...] = (
@@ -84,28 +80,3 @@ def format_round_row(entry: Mapping[str, Any]) -> dict[str, str]:
         "option acc": _score(ev.get("option_accuracy")),
         "valid": _score(ev.get("valid_rate")),
     }
-
-
-def round_table(history: Sequence[Mapping[str, Any]], title: str | None = "Rounds") -> Table:
-    """A rich table with one row per history entry, in file order.
-
-    Sized to fit all eleven columns in an 80-column terminal: one-space gaps, and headers may
-    wrap at their spaces, but a column never narrows below its widest value, so numbers are
-    never folded or cut to "…".
-    """
-    rows = [format_round_row(entry) for entry in history]
-    table = Table(
-        title=title, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0)
-    )
-    for name in COLUMNS:
-        widest = max([len(row[name]) for row in rows] + [len(word) for word in name.split()])
-        justify: JustifyMethod = "left" if name == "clients" else "right"
-        table.add_column(name, justify=justify, min_width=widest)
-    for row in rows:
-        table.add_row(*(row[name] for name in COLUMNS))
-    return table
-
-
-def print_round_table(history: Sequence[Mapping[str, Any]], console: Console | None = None) -> None:
-    """Print ``round_table(history)`` to ``console`` (a default stdout console if None)."""
-    (console or Console()).print(round_table(history))
