@@ -19,8 +19,16 @@ from spearfl.algorithms.logits import target_logprobs
 from spearfl.algorithms.losses import mle_loss
 from spearfl.algorithms.registry import register_algorithm
 from spearfl.algorithms.scoring import build_batch, completion_logits
-from spearfl.algorithms.training import round_lr, run_local_steps, sample_batch, training_mode
+from spearfl.algorithms.training import (
+    mean,
+    round_lr,
+    run_local_steps,
+    sample_batch,
+    training_mode,
+)
 from spearfl.config import Section, setting
+from spearfl.models.policy import question_prompts
+from spearfl.models.prompts import text_ids
 from spearfl.tasks.base import Example
 
 
@@ -60,12 +68,9 @@ class GoldSFTUpdate(ClientAlgorithm):
         def micro_step(scale: float) -> float:
             nonlocal trained_on
             chosen = sample_batch(list(examples), section.prompts_per_step, rng)
-            rows = [
-                (policy.encode(self.task.messages(ex), self.task.assistant_prefix(ex)), answer)
-                for ex in chosen
-                for answer in [policy.tokenizer(self.gold_text(ex), add_special_tokens=False)]
-            ]
-            rows = [(p, (*a["input_ids"], policy.eos_id)) for p, a in rows]
+            answers = [text_ids(policy.tokenizer, self.gold_text(ex)) for ex in chosen]
+            prompts = question_prompts(policy, self.task, chosen)
+            rows = [(p, (*a, policy.eos_id)) for p, a in zip(prompts, answers, strict=True)]
             batch = build_batch(rows, policy.tokenizer.pad_token_id, policy.device)
             logp = target_logprobs(completion_logits(policy.model, batch), batch.targets)
             loss = section.weight * mle_loss(logp, batch.target_mask)
@@ -86,6 +91,6 @@ class GoldSFTUpdate(ClientAlgorithm):
             "wins": trained_on,
             "losses": 0,
             "trained": stats.steps > 0,
-            "mean_loss": sum(stats.losses) / len(stats.losses) if stats.losses else 0.0,
+            "mean_loss": mean(stats.losses),
         }
         return ClientUpdateResult(policy.get_adapter(), float(len(examples)), metrics)
