@@ -142,7 +142,10 @@ def test_killing_the_page_mid_write_loses_nothing_acknowledged(tiny_model_dir, t
     try:
         for t in people:
             t.start()
-        while len(acked) < 12:
+        deadline = time.monotonic() + 600
+        while len(acked) < 12:  # people who gave up (a timed-out answer) end the wait too
+            if time.monotonic() > deadline or not any(t.is_alive() for t in people):
+                pytest.fail(f"only {len(acked)} answers acknowledged before the kill")
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)  # while three people are still writing
         for t in people:
